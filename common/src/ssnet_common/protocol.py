@@ -1,0 +1,410 @@
+"""The ssnet-server wire protocol: Majordomo (ZeroMQ RFC 18, MDP/0.2), MMI (RFC 8) and our message body.
+
+Only this module turns frames into messages and back.  Every ``decode_*`` function takes the frames that follow
+the ROUTER identity frame (the broker strips that itself) and raises :class:`ProtocolError` on anything that is
+not a valid message; every message type's ``encode()`` returns the list of frames to send.
+
+MDP frames, as RFC 18 defines them::
+
+    client -> broker   MDPC02 0x01 service body...            (REQUEST)
+    broker -> client   MDPC02 0x02|0x03 service body...       (PARTIAL | FINAL)
+    worker -> broker   MDPW02 0x01 service                    (READY)
+                       MDPW02 0x03|0x04 client "" body...     (PARTIAL | FINAL)
+    broker -> worker   MDPW02 0x02 client "" body...          (REQUEST)
+    both ways          MDPW02 0x05 | MDPW02 0x06              (HEARTBEAT | DISCONNECT)
+
+A peer may put one empty delimiter frame before the protocol frame (REQ sockets do, and so do the ZeroMQ
+guide's and majortomo's peers); it is accepted, remembered as ``delimited`` and used again when answering.
+
+Our own additions travel in the MDP body, never in the envelope.  A body that starts with the 13-byte
+:class:`Envelope` frame (magic ``SSN\\x01``, kind, 64-bit request id) is ours; anything else is passed on
+untouched, so plain MDP peers still work through the broker.  The kinds are REQUEST (client to worker),
+RESULT (worker to client) and ERROR (worker or broker to client: frames ``[envelope, code, message]``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+
+from ssnet_common.errors import ProtocolError
+
+if TYPE_CHECKING:
+    import zmq
+
+    Frame = Union[bytes, bytearray, memoryview, zmq.Frame]
+else:
+    Frame = object
+
+CLIENT_PROTOCOL = b"MDPC02"
+WORKER_PROTOCOL = b"MDPW02"
+
+
+class ClientCommand(IntEnum):
+    REQUEST = 0x01
+    PARTIAL = 0x02
+    FINAL = 0x03
+
+
+class WorkerCommand(IntEnum):
+    READY = 0x01
+    REQUEST = 0x02
+    PARTIAL = 0x03
+    FINAL = 0x04
+    HEARTBEAT = 0x05
+    DISCONNECT = 0x06
+
+
+MMI_PREFIX = "mmi."
+MMI_SERVICE = "mmi.service"
+MMI_FOUND = b"200"
+MMI_NOT_FOUND = b"404"
+MMI_NOT_IMPLEMENTED = b"501"
+
+MAX_SERVICE_NAME = 255
+EMPTY = b""
+
+
+def frame_bytes(frame: Frame) -> bytes:
+    """The content of one frame as ``bytes`` (a copy: use for small control frames only)."""
+    return bytes(frame)  # type: ignore[arg-type]
+
+
+def frame_len(frame: Frame) -> int:
+    return memoryview(frame).nbytes  # type: ignore[arg-type]
+
+
+def frames_nbytes(frames: Sequence[Frame]) -> int:
+    """Total payload size of a message, for byte counters."""
+    return sum(frame_len(f) for f in frames)
+
+
+def _strip_delimiter(frames: Sequence[Frame]) -> tuple[bool, Sequence[Frame]]:
+    if frames and frame_len(frames[0]) == 0:
+        return True, frames[1:]
+    return False, frames
+
+
+def _delimiter(delimited: bool) -> list[Frame]:
+    return [EMPTY] if delimited else []
+
+
+def _decode_service(frame: Frame) -> str:
+    raw = frame_bytes(frame)
+    if not 0 < len(raw) <= MAX_SERVICE_NAME:
+        raise ProtocolError(f"service name must be 1..{MAX_SERVICE_NAME} bytes, got {len(raw)}")
+    try:
+        name = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"service name is not ASCII: {raw[:40]!r}") from None
+    if not name.isprintable() or " " in name:
+        raise ProtocolError(f"service name is not printable ASCII without spaces: {name[:40]!r}")
+    return name
+
+
+def validate_service_name(name: str) -> str:
+    """Check a service name as the broker would; return it, or raise :class:`ProtocolError`."""
+    return _decode_service(name.encode("utf-8"))
+
+
+def _command(frame: Frame, kind: type[IntEnum], what: str) -> int:
+    raw = frame_bytes(frame)
+    if len(raw) != 1:
+        raise ProtocolError(f"{what} command frame must be 1 byte, got {len(raw)}")
+    try:
+        return kind(raw[0])
+    except ValueError:
+        raise ProtocolError(f"unknown {what} command 0x{raw[0]:02x}") from None
+
+
+# --------------------------------------------------------------------------------------------- MDP/Client
+@dataclass(frozen=True)
+class ClientRequest:
+    """MDP/Client REQUEST: a client asks ``service`` for something."""
+
+    service: str
+    body: Sequence[Frame]
+    delimited: bool = False
+
+    def encode(self) -> list[Frame]:
+        return [
+            *_delimiter(self.delimited), CLIENT_PROTOCOL, bytes([ClientCommand.REQUEST]),
+            self.service.encode("ascii"), *self.body,
+        ]
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    """MDP/Client PARTIAL (``final=False``) or FINAL: the broker answers a client."""
+
+    service: str
+    body: Sequence[Frame]
+    final: bool = True
+    delimited: bool = False
+
+    def encode(self) -> list[Frame]:
+        command = ClientCommand.FINAL if self.final else ClientCommand.PARTIAL
+        return [
+            *_delimiter(self.delimited), CLIENT_PROTOCOL, bytes([command]),
+            self.service.encode("ascii"), *self.body,
+        ]
+
+
+def _decode_client(frames: Sequence[Frame], allowed: tuple[ClientCommand, ...]) -> tuple[bool, int, str, list[Frame]]:
+    delimited, rest = _strip_delimiter(frames)
+    if len(rest) < 3:
+        raise ProtocolError(f"MDP client message needs at least 3 frames, got {len(rest)}")
+    if frame_bytes(rest[0]) != CLIENT_PROTOCOL:
+        raise ProtocolError(f"expected protocol {CLIENT_PROTOCOL!r}, got {frame_bytes(rest[0])[:16]!r}")
+    command = _command(rest[1], ClientCommand, "MDP client")
+    if command not in allowed:
+        raise ProtocolError(f"unexpected MDP client command {ClientCommand(command).name}")
+    return delimited, command, _decode_service(rest[2]), list(rest[3:])
+
+
+def decode_client_request(frames: Sequence[Frame]) -> ClientRequest:
+    """Decode what a client sent to the broker (frames after the ROUTER identity)."""
+    delimited, _, service, body = _decode_client(frames, (ClientCommand.REQUEST,))
+    return ClientRequest(service=service, body=body, delimited=delimited)
+
+
+def decode_client_reply(frames: Sequence[Frame]) -> ClientReply:
+    """Decode what the broker sent to a client."""
+    delimited, command, service, body = _decode_client(frames, (ClientCommand.PARTIAL, ClientCommand.FINAL))
+    return ClientReply(service=service, body=body, final=command == ClientCommand.FINAL, delimited=delimited)
+
+
+# --------------------------------------------------------------------------------------------- MDP/Worker
+@dataclass(frozen=True)
+class Ready:
+    """Worker registers for ``service``."""
+
+    service: str
+    delimited: bool = False
+
+    def encode(self) -> list[Frame]:
+        return [
+            *_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.READY]),
+            self.service.encode("ascii"),
+        ]
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """Broker hands a worker the request of client ``client`` (its ROUTER identity)."""
+
+    client: bytes
+    body: Sequence[Frame]
+    delimited: bool = False
+
+    def encode(self) -> list[Frame]:
+        return [
+            *_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.REQUEST]),
+            self.client, EMPTY, *self.body,
+        ]
+
+
+@dataclass(frozen=True)
+class WorkerReply:
+    """Worker answers client ``client``: PARTIAL (``final=False``) or FINAL."""
+
+    client: bytes
+    body: Sequence[Frame]
+    final: bool = True
+    delimited: bool = False
+
+    def encode(self) -> list[Frame]:
+        command = WorkerCommand.FINAL if self.final else WorkerCommand.PARTIAL
+        return [*_delimiter(self.delimited), WORKER_PROTOCOL, bytes([command]), self.client, EMPTY, *self.body]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    delimited: bool = False
+
+    def encode(self) -> list[Frame]:
+        return [*_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.HEARTBEAT])]
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    delimited: bool = False
+
+    def encode(self) -> list[Frame]:
+        return [*_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.DISCONNECT])]
+
+
+FromWorker = Union[Ready, WorkerReply, Heartbeat, Disconnect]
+ToWorker = Union[WorkerRequest, Heartbeat, Disconnect]
+
+
+def _decode_worker(frames: Sequence[Frame], allowed: tuple[WorkerCommand, ...]) -> FromWorker | ToWorker:
+    delimited, rest = _strip_delimiter(frames)
+    if len(rest) < 2:
+        raise ProtocolError(f"MDP worker message needs at least 2 frames, got {len(rest)}")
+    if frame_bytes(rest[0]) != WORKER_PROTOCOL:
+        raise ProtocolError(f"expected protocol {WORKER_PROTOCOL!r}, got {frame_bytes(rest[0])[:16]!r}")
+    command = _command(rest[1], WorkerCommand, "MDP worker")
+    if command not in allowed:
+        raise ProtocolError(f"unexpected MDP worker command {WorkerCommand(command).name}")
+    if command in (WorkerCommand.HEARTBEAT, WorkerCommand.DISCONNECT):
+        if len(rest) != 2:
+            raise ProtocolError(f"{WorkerCommand(command).name} takes no frames after the command")
+        return Heartbeat(delimited) if command == WorkerCommand.HEARTBEAT else Disconnect(delimited)
+    if command == WorkerCommand.READY:
+        if len(rest) != 3:
+            raise ProtocolError(f"READY takes exactly one service frame, got {len(rest) - 2} frames")
+        return Ready(_decode_service(rest[2]), delimited)
+    if len(rest) < 4 or frame_len(rest[3]) != 0:
+        raise ProtocolError(f"{WorkerCommand(command).name} needs a client address and an empty delimiter")
+    client = frame_bytes(rest[2])
+    if not client:
+        raise ProtocolError(f"{WorkerCommand(command).name} has an empty client address")
+    body = list(rest[4:])
+    if command == WorkerCommand.REQUEST:
+        return WorkerRequest(client, body, delimited)
+    return WorkerReply(client, body, final=command == WorkerCommand.FINAL, delimited=delimited)
+
+
+def decode_from_worker(frames: Sequence[Frame]) -> FromWorker:
+    """Decode what a worker sent to the broker (frames after the ROUTER identity)."""
+    message = _decode_worker(
+        frames,
+        (WorkerCommand.READY, WorkerCommand.PARTIAL, WorkerCommand.FINAL,
+         WorkerCommand.HEARTBEAT, WorkerCommand.DISCONNECT),
+    )
+    assert not isinstance(message, WorkerRequest)
+    return message
+
+
+def decode_to_worker(frames: Sequence[Frame]) -> ToWorker:
+    """Decode what the broker sent to a worker."""
+    message = _decode_worker(frames, (WorkerCommand.REQUEST, WorkerCommand.HEARTBEAT, WorkerCommand.DISCONNECT))
+    assert not isinstance(message, (Ready, WorkerReply))
+    return message
+
+
+# ------------------------------------------------------------------------------------- our message body
+ENVELOPE_MAGIC = b"SSN\x01"
+_ENVELOPE = struct.Struct(">4sBQ")
+ENVELOPE_SIZE = _ENVELOPE.size
+MAX_REQUEST_ID = 2**64 - 1
+
+
+class BodyKind(IntEnum):
+    REQUEST = 1
+    RESULT = 2
+    ERROR = 3
+
+
+# Error codes carried in ERROR bodies.  The broker uses the first four; workers use WORKER_ERROR.
+ERR_QUEUE_FULL = "queue_full"
+ERR_QUEUE_TIMEOUT = "queue_timeout"
+ERR_UNKNOWN_SERVICE = "unknown_service"
+ERR_WORKER_LOST = "worker_lost"
+ERR_WORKER = "worker_error"
+ERROR_CODES = frozenset({ERR_QUEUE_FULL, ERR_QUEUE_TIMEOUT, ERR_UNKNOWN_SERVICE, ERR_WORKER_LOST, ERR_WORKER})
+MAX_ERROR_MESSAGE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Body:
+    """An MDP body in our format: envelope (kind, request id) then payload frames.
+
+    For ``BodyKind.ERROR`` the payload is ``[code, message]``: see :attr:`error`.
+    """
+
+    kind: BodyKind
+    request_id: int
+    payload: Sequence[Frame] = field(default_factory=list)
+
+    def encode(self) -> list[Frame]:
+        if not 0 <= self.request_id <= MAX_REQUEST_ID:
+            raise ValueError(f"request id out of range: {self.request_id}")
+        return [_ENVELOPE.pack(ENVELOPE_MAGIC, self.kind, self.request_id), *self.payload]
+
+    @property
+    def error(self) -> tuple[str, str]:
+        """``(code, message)`` of an ERROR body."""
+        if self.kind != BodyKind.ERROR:
+            raise ValueError("not an error body")
+        code, message = self.payload
+        return frame_bytes(code).decode("ascii"), frame_bytes(message).decode("utf-8")
+
+
+def request_body(request_id: int, payload: Sequence[Frame]) -> Body:
+    return Body(BodyKind.REQUEST, request_id, list(payload))
+
+
+def result_body(request_id: int, payload: Sequence[Frame]) -> Body:
+    return Body(BodyKind.RESULT, request_id, list(payload))
+
+
+def error_body(request_id: int, code: str, message: str) -> Body:
+    return Body(BodyKind.ERROR, request_id, [code.encode("ascii"), message.encode("utf-8")[:MAX_ERROR_MESSAGE]])
+
+
+def is_ours(body: Sequence[Frame]) -> bool:
+    """Whether an MDP body starts with our envelope (cheap: looks at the first frame only)."""
+    return bool(body) and frame_len(body[0]) == ENVELOPE_SIZE and frame_bytes(body[0])[:4] == ENVELOPE_MAGIC
+
+
+def decode_body(body: Sequence[Frame]) -> Body:
+    """Decode an MDP body in our format; :class:`ProtocolError` if it is not one."""
+    if not body:
+        raise ProtocolError("empty message body")
+    raw = frame_bytes(body[0]) if frame_len(body[0]) == ENVELOPE_SIZE else b""
+    if not raw.startswith(ENVELOPE_MAGIC):
+        raise ProtocolError(f"message body does not start with the ssnet envelope ({ENVELOPE_MAGIC!r})")
+    _, kind_value, request_id = _ENVELOPE.unpack(raw)
+    try:
+        kind = BodyKind(kind_value)
+    except ValueError:
+        raise ProtocolError(f"unknown body kind {kind_value}") from None
+    result = Body(kind, request_id, list(body[1:]))
+    if kind == BodyKind.ERROR:
+        if len(result.payload) != 2:
+            raise ProtocolError(f"error body needs [code, message], got {len(result.payload)} frames")
+        try:
+            code, _ = result.error
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"error body is not text: {exc}") from None
+        if not code or not code.isidentifier():
+            raise ProtocolError(f"invalid error code {code[:40]!r}")
+    return result
+
+
+# ----------------------------------------------------------------------------------- broker's own replies
+def broker_error(request: ClientRequest, code: str, message: str) -> ClientReply:
+    """The FINAL reply the broker sends when it cannot serve ``request`` (queue full, timeout, lost worker).
+
+    A request in our format gets an ERROR body with the same request id.  A plain MDP request (no envelope)
+    gets the body ``[b"error", code, message]``.
+    """
+    if is_ours(request.body):
+        body: list[Frame] = error_body(decode_body(request.body).request_id, code, message).encode()
+    else:
+        body = [b"error", code.encode("ascii"), message.encode("utf-8")]
+    return ClientReply(request.service, body, final=True, delimited=request.delimited)
+
+
+def mmi_reply(request: ClientRequest, has_service: Callable[[str], bool]) -> ClientReply:
+    """Answer an RFC 8 (MMI) request: ``mmi.service`` with body ``[name]`` gives ``200`` or ``404``; any
+    other ``mmi.*`` service gives ``501``.  A request in our format (``[envelope, name]``) gets the status
+    as a RESULT body with the same request id.
+    """
+    ours = is_ours(request.body)
+    envelope: Optional[Body] = decode_body(request.body) if ours else None
+    payload = list(envelope.payload) if envelope is not None else list(request.body)
+    if request.service != MMI_SERVICE:
+        status = MMI_NOT_IMPLEMENTED
+    elif len(payload) != 1:
+        raise ProtocolError(f"mmi.service takes one frame (the service name), got {len(payload)}")
+    else:
+        status = MMI_FOUND if has_service(_decode_service(payload[0])) else MMI_NOT_FOUND
+    body: list[Frame] = (
+        result_body(envelope.request_id, [status]).encode() if envelope is not None else [status]
+    )
+    return ClientReply(request.service, body, final=True, delimited=request.delimited)
