@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from ssnet_common.errors import ProtocolError
-from ssnet_common.protocol import Frame, frame_bytes, frame_len
+from ssnet_common.protocol import Frame, frame_bytes, frame_len, frame_view
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 MAGIC = b"NDA1"
 MAX_HEADER = 4096
@@ -32,7 +35,7 @@ COMPRESSIONS = (None, "zlib")
 _KINDS = "biuf"  # bool, signed int, unsigned int, float
 
 
-def _check_dtype(text: object) -> np.dtype:  # type: ignore[type-arg]
+def _check_dtype(text: object) -> np.dtype[Any]:
     if not isinstance(text, str) or len(text) > 8 or text[:1] not in "<>|":
         raise ProtocolError(f"array dtype must be a NumPy type string with byte order, got {text!r}")
     try:
@@ -44,7 +47,7 @@ def _check_dtype(text: object) -> np.dtype:  # type: ignore[type-arg]
     return dtype
 
 
-def encode_array(array: np.ndarray, compression: Optional[str] = None, level: int = 1) -> list[Frame]:  # type: ignore[type-arg]
+def encode_array(array: NDArray[Any], compression: Optional[str] = None, level: int = 1) -> list[Frame]:
     """Two frames for ``array``: header and data.  Non-contiguous arrays are made contiguous (one copy)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
@@ -53,15 +56,15 @@ def encode_array(array: np.ndarray, compression: Optional[str] = None, level: in
     if array.ndim > MAX_NDIM:
         raise ValueError(f"arrays of more than {MAX_NDIM} dimensions are not supported")
     header = {"dtype": dtype.str, "shape": list(array.shape), "compression": compression}
-    data: Frame = memoryview(array).cast("B") if array.size else b""
+    data: Frame = array.data.cast("B") if array.size else b""
     if compression == "zlib":
-        data = zlib.compress(data, level)
+        data = zlib.compress(frame_view(data), level)
     return [MAGIC + json.dumps(header, separators=(",", ":")).encode("ascii"), data]
 
 
 def decode_array(
     header_frame: Frame, data_frame: Frame, max_nbytes: int = DEFAULT_MAX_NBYTES
-) -> np.ndarray:  # type: ignore[type-arg]
+) -> NDArray[Any]:
     """The array described by ``header_frame`` with the contents of ``data_frame``.
 
     Raises :class:`ProtocolError` for a bad header (not ours, unknown dtype, absurd shape, too large) or a
@@ -96,7 +99,7 @@ def decode_array(
     if compression == "zlib":
         inflater = zlib.decompressobj()
         try:
-            buffer = inflater.decompress(memoryview(data_frame), nbytes)  # type: ignore[arg-type]
+            buffer = inflater.decompress(frame_view(data_frame), max(nbytes, 1))  # 0 would mean unlimited
         except zlib.error as exc:
             raise ProtocolError(f"array data is not valid zlib: {exc}") from None
         if inflater.unconsumed_tail or not inflater.eof:
@@ -106,15 +109,15 @@ def decode_array(
         raise ProtocolError(f"array data is {size} bytes, header says shape {shape} {dtype.str} = {nbytes}")
     if nbytes == 0:
         return np.zeros(shape, dtype=dtype)
-    return np.frombuffer(buffer, dtype=dtype).reshape(shape)  # type: ignore[call-overload, no-any-return]
+    return np.frombuffer(frame_view(buffer), dtype=dtype).reshape(shape)
 
 
-def encode_arrays(arrays: Sequence[np.ndarray], compression: Optional[str] = None) -> list[Frame]:  # type: ignore[type-arg]
+def encode_arrays(arrays: Sequence[NDArray[Any]], compression: Optional[str] = None) -> list[Frame]:
     """Frames for several arrays, two per array."""
     return [frame for array in arrays for frame in encode_array(array, compression)]
 
 
-def decode_arrays(frames: Sequence[Frame], max_nbytes: int = DEFAULT_MAX_NBYTES) -> list[np.ndarray]:  # type: ignore[type-arg]
+def decode_arrays(frames: Sequence[Frame], max_nbytes: int = DEFAULT_MAX_NBYTES) -> list[NDArray[Any]]:
     """Arrays from frames made by :func:`encode_arrays`."""
     if len(frames) % 2:
         raise ProtocolError(f"array frames come in (header, data) pairs, got {len(frames)} frames")

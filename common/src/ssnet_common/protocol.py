@@ -72,8 +72,13 @@ def frame_bytes(frame: Frame) -> bytes:
     return bytes(frame)  # type: ignore[arg-type]
 
 
+def frame_view(frame: Frame) -> memoryview:
+    """A zero-copy view of one frame's bytes."""
+    return memoryview(frame)  # type: ignore[arg-type]
+
+
 def frame_len(frame: Frame) -> int:
-    return memoryview(frame).nbytes  # type: ignore[arg-type]
+    return frame_view(frame).nbytes
 
 
 def frames_nbytes(frames: Sequence[Frame]) -> int:
@@ -349,6 +354,11 @@ def error_body(request_id: int, code: str, message: str) -> Body:
 def is_ours(body: Sequence[Frame]) -> bool:
     """Whether an MDP body starts with our envelope (cheap: looks at the first frame only)."""
     return bool(body) and frame_len(body[0]) == ENVELOPE_SIZE and frame_bytes(body[0])[:4] == ENVELOPE_MAGIC
+
+
+def is_error_body(body: Sequence[Frame]) -> bool:
+    """Whether an MDP body is one of our ERROR bodies (looks at the envelope only; never raises)."""
+    return is_ours(body) and frame_bytes(body[0])[4] == BodyKind.ERROR
 
 
 def decode_body(body: Sequence[Frame]) -> Body:

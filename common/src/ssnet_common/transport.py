@@ -31,13 +31,14 @@ def send(socket: zmq.Socket, frames: Sequence[Frame]) -> None:  # type: ignore[t
 
 def recv(socket: zmq.Socket) -> list[zmq.Frame]:  # type: ignore[type-arg]
     with zmq_errors("receive"):
-        return socket.recv_multipart(copy=False)  # type: ignore[return-value]
+        frames: list[zmq.Frame] = socket.recv_multipart(copy=False)
+        return frames
 
 
 def new_socket(context: zmq.Context, kind: int, *, linger_ms: int = 0) -> zmq.Socket:  # type: ignore[type-arg]
     """A socket with the options every ssnet socket wants (bounded linger so shutdown never hangs)."""
     with zmq_errors("create socket"):
-        socket = context.socket(kind)
+        socket: zmq.Socket = context.socket(kind)  # type: ignore[type-arg]
         socket.setsockopt(zmq.LINGER, linger_ms)
         return socket
 

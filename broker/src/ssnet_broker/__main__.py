@@ -1,0 +1,5 @@
+import sys
+
+from ssnet_broker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""``ssnet-broker``: the Majordomo broker between ssnet clients and workers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from ssnet_broker.broker import Broker, BrokerConfig
+from ssnet_broker.state import Limits
+from ssnet_common import config as cfg
+from ssnet_common.errors import ConfigError, SSNetError
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssnet-broker",
+        description="Load-balancing Majordomo (MDP/0.2) broker between ssnet clients and workers. "
+                    "It knows nothing about payloads: it queues requests per service, hands each to the "
+                    "least recently used idle worker, heartbeats workers and re-queues the requests of dead ones.",
+    )
+    options = cfg.EnvOptions(parser, "SSNET_BROKER_")
+    options.add("--frontend", default="tcp://*:5559", type=cfg.endpoint,
+                help="endpoint to bind for clients (MDP/Client)")
+    options.add("--backend", default="tcp://*:5560", type=cfg.endpoint,
+                help="endpoint to bind for workers (MDP/Worker)")
+    options.add("--heartbeat-interval", default=2.5, type=cfg.positive_float,
+                help="seconds between heartbeats sent to each worker; workers must use the same value")
+    options.add("--heartbeat-liveness", default=3, type=cfg.positive_int,
+                help="a worker silent for this many heartbeat intervals is dropped and its request re-queued")
+    options.add("--queue-timeout", default=300.0, type=cfg.positive_float,
+                help="longest a request may wait for a worker before the client gets an error reply (seconds)")
+    options.add("--max-queue", default=10000, type=cfg.positive_int,
+                help="requests a service may have waiting; beyond it clients get an error reply at once")
+    options.add("--max-attempts", default=3, type=cfg.positive_int,
+                help="workers a request may be given to, in all, when its workers die before answering")
+    cfg.add_common_options(options)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg.configure_logging(args.log_level, "ssnet-broker")
+    config = BrokerConfig(
+        frontend=args.frontend,
+        backend=args.backend,
+        limits=Limits(
+            heartbeat_interval=args.heartbeat_interval,
+            heartbeat_liveness=args.heartbeat_liveness,
+            queue_timeout=args.queue_timeout,
+            max_queue=args.max_queue,
+            max_attempts=args.max_attempts,
+        ),
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+    )
+    try:
+        metrics = None
+        if config.metrics_port:
+            from prometheus_client import CollectorRegistry
+
+            from ssnet_broker.metrics import BrokerMetrics
+            from ssnet_common.metrics import serve_metrics
+
+            registry = CollectorRegistry()
+            metrics = BrokerMetrics(registry)
+            serve_metrics(registry, config.metrics_port, config.metrics_addr)
+        broker = Broker(config, metrics)
+        broker.install_signal_handlers()
+        broker.run()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except SSNetError as exc:
+        log.error("broker failed: %s", exc)
+        return 1
+    log.info("broker stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

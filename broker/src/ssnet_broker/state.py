@@ -1,0 +1,303 @@
+"""The broker's state machine: services, idle-worker queues, request queues, expiry.  No sockets here.
+
+Every entry point takes the current time (``time.monotonic()``) and the frames received, and returns the
+messages to send as :class:`Outgoing` values; the I/O loop in :mod:`ssnet_broker.broker` only moves frames.
+
+Rules (RFC 18 plus ours):
+
+* Each service has a queue of idle workers, least recently used first, and a bounded queue of requests.
+* A request goes to the least recently used idle worker of its service.  If its worker dies (expired or
+  disconnected) before answering, it goes back to the front of the queue, at most ``max_attempts`` tries in
+  all; then the client gets a ``worker_lost`` error.
+* A request waiting longer than ``queue_timeout`` for a worker gets ``unknown_service`` (no worker ever
+  registered for that service) or ``queue_timeout``; a request arriving at a full queue gets ``queue_full``.
+* Workers are sent a HEARTBEAT every ``heartbeat_interval``, idle or busy; a worker silent for
+  ``heartbeat_liveness`` intervals is dropped.  Unexpected commands get DISCONNECT, as RFC 18 asks.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from ssnet_common import protocol as mdp
+from ssnet_common.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from ssnet_broker.metrics import BrokerMetrics
+    from ssnet_common.protocol import Frame
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_SERVICE_LABEL = "_unknown"
+"""Metrics label for services no worker ever registered (keeps label cardinality bounded)."""
+
+
+class Side(enum.Enum):
+    CLIENT = "client"
+    WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to send: on the client (frontend) or worker (backend) socket, to ``identity``."""
+
+    side: Side
+    identity: bytes
+    frames: list[Frame]
+
+
+class Outcome(str, enum.Enum):
+    """How a request ended; the failures are also the error codes clients receive."""
+
+    OK = "ok"
+    WORKER_ERROR = mdp.ERR_WORKER
+    QUEUE_FULL = mdp.ERR_QUEUE_FULL
+    QUEUE_TIMEOUT = mdp.ERR_QUEUE_TIMEOUT
+    UNKNOWN_SERVICE = mdp.ERR_UNKNOWN_SERVICE
+    WORKER_LOST = mdp.ERR_WORKER_LOST
+
+
+@dataclass
+class Request:
+    client: bytes
+    message: mdp.ClientRequest
+    received: float
+    queued: float
+    attempts: int = 0
+
+    @property
+    def service(self) -> str:
+        return self.message.service
+
+
+@dataclass
+class Worker:
+    identity: bytes
+    service: str
+    delimited: bool
+    expires: float
+    last_seen: float
+    request: Optional[Request] = None
+
+
+@dataclass
+class Service:
+    name: str
+    idle: OrderedDict[bytes, Worker] = field(default_factory=OrderedDict)  # front = least recently used
+    queue: deque[Request] = field(default_factory=deque)
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    heartbeat_interval: float = 2.5
+    heartbeat_liveness: int = 3
+    queue_timeout: float = 300.0
+    max_queue: int = 10000
+    max_attempts: int = 3
+
+    @property
+    def worker_ttl(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+
+class BrokerState:
+    """Everything the broker knows; see the module docstring for the rules."""
+
+    def __init__(self, limits: Limits, now: float, metrics: Optional[BrokerMetrics] = None) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self.services: dict[str, Service] = {}
+        self.workers: dict[bytes, Worker] = {}
+        self.registered: set[str] = set()  # services that ever had a worker
+        self.next_heartbeat = now + limits.heartbeat_interval
+
+    # ----------------------------------------------------------------------------------- queries
+    def has_workers(self, service: str) -> bool:
+        found = self.services.get(service)
+        return found is not None and found.workers > 0
+
+    def label(self, service: str) -> str:
+        return service if service in self.registered else UNKNOWN_SERVICE_LABEL
+
+    def queued(self) -> int:
+        return sum(len(s.queue) for s in self.services.values())
+
+    def next_timer(self, now: float) -> float:
+        """Seconds until the next heartbeat is due (the loop's longest poll)."""
+        return max(0.0, self.next_heartbeat - now)
+
+    # ------------------------------------------------------------------------------ client side
+    def on_client(self, identity: bytes, frames: Sequence[Frame], now: float) -> list[Outgoing]:
+        """A message from client ``identity``.  Raises :class:`ProtocolError` for malformed frames."""
+        request = mdp.decode_client_request(frames)
+        if request.service.startswith(mdp.MMI_PREFIX):
+            reply = mdp.mmi_reply(request, self.has_workers)
+            return [Outgoing(Side.CLIENT, identity, reply.encode())]
+        service = self._service(request.service)
+        if len(service.queue) >= self.limits.max_queue:
+            return [self._fail(Request(identity, request, now, now), Outcome.QUEUE_FULL,
+                               f"queue of service {request.service!r} is full ({self.limits.max_queue} requests)",
+                               now)]
+        service.queue.append(Request(identity, request, received=now, queued=now))
+        return self._dispatch(service, now)
+
+    # ------------------------------------------------------------------------------ worker side
+    def on_worker(self, identity: bytes, frames: Sequence[Frame], now: float) -> list[Outgoing]:
+        """A message from worker ``identity``.  Raises :class:`ProtocolError` for malformed frames."""
+        message = mdp.decode_from_worker(frames)
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.expires = now + self.limits.worker_ttl
+            worker.last_seen = now
+        if isinstance(message, mdp.Ready):
+            return self._on_ready(identity, message, worker, now)
+        if isinstance(message, mdp.Disconnect):
+            return self._remove(worker, now, "disconnected") if worker is not None else []
+        if worker is None:
+            log.info("message from unknown worker %s: sending DISCONNECT", identity.hex())
+            return [Outgoing(Side.WORKER, identity, mdp.Disconnect(message.delimited).encode())]
+        if isinstance(message, mdp.Heartbeat):
+            if self.metrics is not None:
+                self.metrics.heartbeats.labels(direction="received").inc()
+            return []
+        return self._on_reply(worker, message, now)
+
+    def _on_ready(self, identity: bytes, ready: mdp.Ready, known: Optional[Worker], now: float) -> list[Outgoing]:
+        if known is not None or ready.service.startswith(mdp.MMI_PREFIX):
+            reason = "a second READY" if known is not None else f"reserved service name {ready.service!r}"
+            log.warning("worker %s sent %s: sending DISCONNECT", identity.hex(), reason)
+            out = self._remove(known, now, "protocol violation") if known is not None else []
+            return [*out, Outgoing(Side.WORKER, identity, mdp.Disconnect(ready.delimited).encode())]
+        worker = Worker(identity, ready.service, ready.delimited, now + self.limits.worker_ttl, now)
+        self.workers[identity] = worker
+        self.registered.add(ready.service)
+        service = self._service(ready.service)
+        service.workers += 1
+        service.idle[identity] = worker
+        log.info("worker %s ready for service %r (%d workers)", identity.hex(), ready.service, service.workers)
+        return self._dispatch(service, now)
+
+    def _on_reply(self, worker: Worker, reply: mdp.WorkerReply, now: float) -> list[Outgoing]:
+        request = worker.request
+        if request is None or reply.client != request.client:
+            log.warning("worker %s answered a request it does not hold: sending DISCONNECT", worker.identity.hex())
+            out = self._remove(worker, now, "protocol violation")
+            return [*out, Outgoing(Side.WORKER, worker.identity, mdp.Disconnect(worker.delimited).encode())]
+        answer = mdp.ClientReply(request.service, reply.body, final=reply.final, delimited=request.message.delimited)
+        out = [Outgoing(Side.CLIENT, request.client, answer.encode())]
+        if not reply.final:
+            return out
+        worker.request = None
+        service = self._service(worker.service)
+        service.idle[worker.identity] = worker  # most recently used: back of the queue
+        if self.metrics is not None:
+            outcome = Outcome.WORKER_ERROR if mdp.is_error_body(reply.body) else Outcome.OK
+            self.metrics.finished(self.label(request.service), outcome, now - request.received)
+        return out + self._dispatch(service, now)
+
+    # ------------------------------------------------------------------------------ timers
+    def purge(self, now: float) -> list[Outgoing]:
+        """Drop workers silent too long, and fail requests that waited too long for a worker."""
+        out: list[Outgoing] = []
+        for worker in [w for w in self.workers.values() if w.expires < now]:
+            log.warning("worker %s of service %r expired (silent %.1f s)",
+                        worker.identity.hex(), worker.service, now - worker.last_seen)
+            if self.metrics is not None:
+                self.metrics.expirations.labels(service=worker.service).inc()
+            out += self._remove(worker, now, "expired")
+        deadline = now - self.limits.queue_timeout
+        for service in list(self.services.values()):
+            late = [r for r in service.queue if r.queued < deadline]
+            if late:
+                service.queue = deque(r for r in service.queue if r.queued >= deadline)
+            for request in late:
+                if service.name in self.registered:
+                    out.append(self._fail(request, Outcome.QUEUE_TIMEOUT,
+                                          f"no worker of service {service.name!r} took the request within "
+                                          f"{self.limits.queue_timeout:g} s", now))
+                else:
+                    out.append(self._fail(request, Outcome.UNKNOWN_SERVICE,
+                                          f"no worker for service {service.name!r}", now))
+            self._forget_if_unused(service)
+        return out
+
+    def heartbeat(self, now: float) -> list[Outgoing]:
+        """HEARTBEAT every worker, idle or busy, once per interval."""
+        if now < self.next_heartbeat:
+            return []
+        self.next_heartbeat = now + self.limits.heartbeat_interval
+        if self.metrics is not None and self.workers:
+            self.metrics.heartbeats.labels(direction="sent").inc(len(self.workers))
+        return [Outgoing(Side.WORKER, w.identity, mdp.Heartbeat(w.delimited).encode()) for w in self.workers.values()]
+
+    def shutdown(self) -> list[Outgoing]:
+        """DISCONNECT every worker (the broker is stopping; they will reconnect to its successor)."""
+        out = [Outgoing(Side.WORKER, w.identity, mdp.Disconnect(w.delimited).encode()) for w in self.workers.values()]
+        self.workers.clear()
+        self.services.clear()
+        return out
+
+    # ------------------------------------------------------------------------------ internals
+    def _service(self, name: str) -> Service:
+        service = self.services.get(name)
+        if service is None:
+            service = self.services[name] = Service(name)
+        return service
+
+    def _forget_if_unused(self, service: Service) -> None:
+        if not service.workers and not service.queue:
+            del self.services[service.name]
+
+    def _dispatch(self, service: Service, now: float) -> list[Outgoing]:
+        out = []
+        while service.idle and service.queue:
+            _, worker = service.idle.popitem(last=False)
+            request = service.queue.popleft()
+            request.attempts += 1
+            worker.request = request
+            if self.metrics is not None:
+                self.metrics.queue_wait.labels(service=service.name).observe(now - request.queued)
+            message = mdp.WorkerRequest(request.client, request.message.body, delimited=worker.delimited)
+            out.append(Outgoing(Side.WORKER, worker.identity, message.encode()))
+        return out
+
+    def _remove(self, worker: Worker, now: float, why: str) -> list[Outgoing]:
+        """Forget ``worker``; its request (if any) goes back to the front of the queue or fails."""
+        del self.workers[worker.identity]
+        service = self._service(worker.service)
+        service.workers -= 1
+        service.idle.pop(worker.identity, None)
+        log.info("worker %s of service %r removed (%s); %d left", worker.identity.hex(), worker.service, why,
+                 service.workers)
+        request, worker.request = worker.request, None
+        out: list[Outgoing] = []
+        if request is not None:
+            if request.attempts >= self.limits.max_attempts:
+                out.append(self._fail(request, Outcome.WORKER_LOST,
+                                      f"{request.attempts} workers of service {service.name!r} died "
+                                      f"while processing the request", now))
+            else:
+                log.info("request of client %s goes back to the queue of %r (attempt %d of %d)",
+                         request.client.hex(), service.name, request.attempts + 1, self.limits.max_attempts)
+                if self.metrics is not None:
+                    self.metrics.requeues.labels(service=service.name).inc()
+                request.queued = now
+                service.queue.appendleft(request)
+                out += self._dispatch(service, now)
+        self._forget_if_unused(service)
+        return out
+
+    def _fail(self, request: Request, outcome: Outcome, message: str, now: float) -> Outgoing:
+        log.warning("request of client %s for %r failed: %s", request.client.hex(), request.service, message)
+        if self.metrics is not None:
+            self.metrics.finished(self.label(request.service), outcome, now - request.received)
+        reply = mdp.broker_error(request.message, outcome.value, message)
+        return Outgoing(Side.CLIENT, request.client, reply.encode())
+
+
+__all__ = ["BrokerState", "Limits", "Outcome", "Outgoing", "ProtocolError", "Side"]
