@@ -135,6 +135,8 @@ class BrokerState:
     def on_client(self, identity: bytes, frames: Sequence[Frame], now: float) -> list[Outgoing]:
         """A message from client ``identity``.  Raises :class:`ProtocolError` for malformed frames."""
         request = mdp.decode_client_request(frames)
+        if mdp.is_ours(request.body) and mdp.decode_body(request.body).kind != mdp.BodyKind.REQUEST:
+            raise ProtocolError("a client may only send REQUEST bodies")
         if request.service.startswith(mdp.MMI_PREFIX):
             reply = mdp.mmi_reply(request, self.has_workers)
             return [Outgoing(Side.CLIENT, identity, reply.encode())]

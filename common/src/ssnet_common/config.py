@@ -49,7 +49,7 @@ class EnvOptions:
                 default = type(raw)
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 self.parser.error(f"environment variable {name}={raw!r}: {exc}")
-        shown = "unset" if default is None else default
+        shown = "unset" if default is None else str(default).replace("%", "%%")  # argparse formats help with %
         self.parser.add_argument(
             flag, default=default, type=type, help=f"{help} [env {name}; default: {shown}]", **kwargs
         )

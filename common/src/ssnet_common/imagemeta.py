@@ -22,8 +22,9 @@ _MAX_ULONG = 2**64 - 1
 
 _NUM = r"[-+0-9.eEinfINFa]+"
 _DUMP_RE = re.compile(
-    r"Plane (\d+) \(rows,cols\) = \((\d+),(\d+)\) \.\.\. "
-    rf"Left Top \(({_NUM}),({_NUM})\) \.\.\. Right Bottom \(({_NUM}),({_NUM})\)\n"
+    r"Plane (\d{1,20}) \(rows,cols\) = \((\d{1,20}),(\d{1,20})\) \.\.\. "
+    rf"Left Top \(({_NUM}),({_NUM})\) \.\.\. Right Bottom \(({_NUM}),({_NUM})\)\n",
+    re.ASCII,
 )
 
 

@@ -51,7 +51,7 @@ def encode_array(array: NDArray[Any], compression: Optional[str] = None, level: 
     """Two frames for ``array``: header and data.  Non-contiguous arrays are made contiguous (one copy)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     dtype = _check_dtype(array.dtype.str)
     if array.ndim > MAX_NDIM:
         raise ValueError(f"arrays of more than {MAX_NDIM} dimensions are not supported")
@@ -77,7 +77,7 @@ def decode_array(
         raise ProtocolError(f"array header must start with {MAGIC!r}, got {raw[:8]!r}")
     try:
         header = json.loads(raw[len(MAGIC):].decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError(f"array header is not JSON: {raw[:80]!r}") from None
     if not isinstance(header, dict) or set(header) != {"dtype", "shape", "compression"}:
         raise ProtocolError(f"array header must have exactly dtype, shape, compression: {raw[:120]!r}")
@@ -102,14 +102,17 @@ def decode_array(
             buffer = inflater.decompress(frame_view(data_frame), max(nbytes, 1))  # 0 would mean unlimited
         except zlib.error as exc:
             raise ProtocolError(f"array data is not valid zlib: {exc}") from None
-        if inflater.unconsumed_tail or not inflater.eof:
+        if inflater.unconsumed_tail or inflater.unused_data or not inflater.eof:
             raise ProtocolError(f"compressed array data does not inflate to exactly {nbytes} bytes")
     size = frame_len(buffer)
     if size != nbytes:
         raise ProtocolError(f"array data is {size} bytes, header says shape {shape} {dtype.str} = {nbytes}")
     if nbytes == 0:
-        return np.zeros(shape, dtype=dtype)
-    return np.frombuffer(frame_view(buffer), dtype=dtype).reshape(shape)
+        try:
+            return np.zeros(shape, dtype=dtype)
+        except ValueError as exc:  # e.g. (0, 2**63 - 1): no bytes, but more elements than NumPy can index
+            raise ProtocolError(f"invalid array shape {shape!r}: {exc}") from None
+    return np.frombuffer(frame_view(buffer).toreadonly(), dtype=dtype).reshape(shape)
 
 
 def encode_arrays(arrays: Sequence[NDArray[Any]], compression: Optional[str] = None) -> list[Frame]:

@@ -348,7 +348,8 @@ def result_body(request_id: int, payload: Sequence[Frame]) -> Body:
 
 
 def error_body(request_id: int, code: str, message: str) -> Body:
-    return Body(BodyKind.ERROR, request_id, [code.encode("ascii"), message.encode("utf-8")[:MAX_ERROR_MESSAGE]])
+    text = message.encode("utf-8")[:MAX_ERROR_MESSAGE].decode("utf-8", "ignore")  # never cut a character
+    return Body(BodyKind.ERROR, request_id, [code.encode("ascii"), text.encode("utf-8")])
 
 
 def is_ours(body: Sequence[Frame]) -> bool:

@@ -1,0 +1,38 @@
+# The two commands a newcomer needs:
+#   make demo   run the main job (broker + workers + LArCV1 client) on the shipped sample data
+#   make test   lint, type check and every test (what CI runs)
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PY_SOURCES := common broker worker client tests bench scripts
+
+.PHONY: demo test venv lint typecheck pytest pytest39 clean
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: scripts/bootstrap.sh requirements-dev.txt */pyproject.toml
+	scripts/bootstrap.sh
+	touch $@
+
+demo: venv
+	$(BIN)/ssnet-local
+
+test: lint typecheck pytest pytest39
+
+lint: venv
+	$(BIN)/ruff check $(PY_SOURCES)
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ssnet_common and ssnet_worker must run on Python 3.9 (the Caffe image): run their unit tests there too.
+pytest39: venv
+	@if [ -x .venv39/bin/python ]; then \
+	  .venv39/bin/python -m pytest -q -p no:cacheprovider tests/unit -m "not py311" $(PYTEST_ARGS); \
+	else echo "pytest39: no .venv39 (no Python 3.9 on this machine): skipped"; fi
+
+clean:
+	rm -rf $(VENV) .venv39 .mypy_cache .ruff_cache .pytest_cache

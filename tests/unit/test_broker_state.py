@@ -1,0 +1,277 @@
+"""The broker's state machine, driven with injected time and no sockets."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ssnet_broker.metrics import BrokerMetrics
+from ssnet_broker.state import BrokerState, Limits, Outgoing, Side
+from ssnet_common import protocol as mdp
+from ssnet_common.errors import ProtocolError
+
+LIMITS = Limits(heartbeat_interval=1.0, heartbeat_liveness=3, queue_timeout=10.0, max_queue=3, max_attempts=2)
+
+
+def make(limits: Limits = LIMITS, metrics: BrokerMetrics | None = None) -> BrokerState:
+    return BrokerState(limits, now=0.0, metrics=metrics)
+
+
+def ready(state: BrokerState, worker: bytes, service: str = "echo", now: float = 0.0) -> list[Outgoing]:
+    return state.on_worker(worker, mdp.Ready(service).encode(), now)
+
+
+def request(state: BrokerState, client: bytes, rid: int, service: str = "echo", now: float = 0.0,
+            delimited: bool = False) -> list[Outgoing]:
+    body = mdp.request_body(rid, [b"payload %d" % rid]).encode()
+    return state.on_client(client, mdp.ClientRequest(service, body, delimited).encode(), now)
+
+
+def final(state: BrokerState, worker: bytes, out: Outgoing, now: float = 0.0) -> list[Outgoing]:
+    """The worker answers the request it was given in ``out``."""
+    given = mdp.decode_to_worker(out.frames)
+    assert isinstance(given, mdp.WorkerRequest)
+    reply_body = mdp.result_body(mdp.decode_body(given.body).request_id, [b"done"]).encode()
+    return state.on_worker(worker, mdp.WorkerReply(given.client, reply_body).encode(), now)
+
+
+def request_id(out: Outgoing) -> int:
+    if out.side is Side.WORKER:
+        message = mdp.decode_to_worker(out.frames)
+        assert isinstance(message, mdp.WorkerRequest)
+        return mdp.decode_body(message.body).request_id
+    return mdp.decode_body(mdp.decode_client_reply(out.frames).body).request_id
+
+
+def client_error(out: Outgoing) -> str:
+    assert out.side is Side.CLIENT
+    body = mdp.decode_body(mdp.decode_client_reply(out.frames).body)
+    assert body.kind is mdp.BodyKind.ERROR
+    return body.error[0]
+
+
+def test_request_goes_to_idle_worker_and_reply_back_to_client() -> None:
+    state = make()
+    assert ready(state, b"w1") == []
+    [to_worker] = request(state, b"c1", 5)
+    assert (to_worker.side, to_worker.identity, request_id(to_worker)) == (Side.WORKER, b"w1", 5)
+    [to_client] = final(state, b"w1", to_worker)
+    assert (to_client.side, to_client.identity) == (Side.CLIENT, b"c1")
+    reply = mdp.decode_client_reply(to_client.frames)
+    assert reply.final and reply.service == "echo"
+    assert mdp.decode_body(reply.body).payload == [b"done"]
+
+
+def test_requests_wait_for_a_worker_then_flow_in_order() -> None:
+    state = make()
+    assert request(state, b"c1", 1) == [] and request(state, b"c2", 2) == []
+    [first] = ready(state, b"w1")
+    assert request_id(first) == 1
+    [reply, second] = final(state, b"w1", first)
+    assert reply.identity == b"c1" and request_id(second) == 2 and second.identity == b"w1"
+
+
+def test_least_recently_used_worker_first() -> None:
+    state = make()
+    for worker in (b"w1", b"w2", b"w3"):
+        ready(state, worker)
+    [a] = request(state, b"c", 1)
+    [b] = request(state, b"c", 2)
+    assert (a.identity, b.identity) == (b"w1", b"w2")
+    final(state, b"w1", a)  # w1 is now the most recently used; w3 has waited longest
+    [c] = request(state, b"c", 3)
+    [d] = request(state, b"c", 4)
+    assert (c.identity, d.identity) == (b"w3", b"w1")
+
+
+def test_services_are_separate() -> None:
+    state = make()
+    ready(state, b"w-echo", "echo")
+    ready(state, b"w-dummy", "dummy")
+    [out] = request(state, b"c", 1, "dummy")
+    assert out.identity == b"w-dummy"
+
+
+def test_delimiters_are_answered_in_kind() -> None:
+    state = make()
+    state.on_worker(b"w1", mdp.Ready("echo", delimited=True).encode(), 0.0)
+    [to_worker] = request(state, b"c1", 1, delimited=True)
+    assert to_worker.frames[0] == b""
+    assert mdp.decode_to_worker(to_worker.frames).delimited
+    [to_client] = final(state, b"w1", to_worker)
+    assert to_client.frames[0] == b"" and mdp.decode_client_reply(to_client.frames).delimited
+
+
+def test_heartbeats_go_to_idle_and_busy_workers_once_per_interval() -> None:
+    state = make()
+    ready(state, b"idle")
+    ready(state, b"busy")
+    request(state, b"c", 1)
+    assert state.heartbeat(0.5) == []
+    beats = state.heartbeat(1.0)
+    assert sorted(o.identity for o in beats) == [b"busy", b"idle"]
+    assert all(isinstance(mdp.decode_to_worker(o.frames), mdp.Heartbeat) for o in beats)
+    assert state.heartbeat(1.5) == []
+    assert len(state.heartbeat(2.0)) == 2
+
+
+def test_silent_worker_expires_and_its_request_goes_to_another() -> None:
+    state = make()
+    ready(state, b"w1")
+    [given] = request(state, b"c", 7)
+    ready(state, b"w2", now=2.0)
+    state.on_worker(b"w2", mdp.Heartbeat().encode(), 2.9)
+    assert state.purge(2.9) == []  # w1 heard at 0.0, ttl 3 s
+    [requeued] = state.purge(3.1)
+    assert requeued.identity == b"w2" and request_id(requeued) == 7 == request_id(given)
+    assert b"w1" not in state.workers
+    # the expired worker's late reply is refused with DISCONNECT and never reaches the client
+    [out] = final(state, b"w1", given, now=3.2)
+    assert out.side is Side.WORKER and isinstance(mdp.decode_to_worker(out.frames), mdp.Disconnect)
+
+
+def test_busy_worker_heartbeating_is_not_expired() -> None:
+    state = make()
+    ready(state, b"w1")
+    [given] = request(state, b"c", 1)
+    for t in range(1, 60):
+        state.on_worker(b"w1", mdp.Heartbeat().encode(), float(t))
+        assert state.purge(t + 0.5) == []
+    [reply] = final(state, b"w1", given, now=60.0)
+    assert reply.side is Side.CLIENT
+
+
+def test_disconnected_worker_request_goes_to_front_of_queue() -> None:
+    state = make()
+    ready(state, b"w1")
+    request(state, b"c", 1)
+    request(state, b"c", 2)
+    assert state.on_worker(b"w1", mdp.Disconnect().encode(), 1.0) == []
+    [first] = ready(state, b"w2", now=2.0)
+    assert request_id(first) == 1  # the re-queued request is served before the one that waited behind it
+
+
+def test_attempts_are_bounded_then_client_gets_worker_lost() -> None:
+    state = make()  # max_attempts = 2
+    ready(state, b"w1")
+    request(state, b"c", 1)
+    assert state.on_worker(b"w1", mdp.Disconnect().encode(), 1.0) == []
+    [second] = ready(state, b"w2", now=1.0)
+    assert request_id(second) == 1
+    [lost] = state.on_worker(b"w2", mdp.Disconnect().encode(), 2.0)
+    assert lost.identity == b"c" and client_error(lost) == mdp.ERR_WORKER_LOST and request_id(lost) == 1
+
+
+def test_full_queue_answers_at_once() -> None:
+    state = make()  # max_queue = 3
+    for rid in range(3):
+        assert request(state, b"c", rid) == []
+    [refused] = request(state, b"c", 99)
+    assert client_error(refused) == mdp.ERR_QUEUE_FULL and request_id(refused) == 99
+
+
+def test_queue_timeout_unknown_service_vs_busy_service() -> None:
+    state = make()  # queue_timeout = 10
+    request(state, b"c", 1, "nobody")
+    ready(state, b"w1")
+    request(state, b"c", 2)  # taken by w1
+    request(state, b"c", 3, now=1.0)  # waits behind it
+    state.on_worker(b"w1", mdp.Heartbeat().encode(), 9.0)
+    assert state.purge(9.9) == []
+    [unknown] = state.purge(10.1)
+    assert client_error(unknown) == mdp.ERR_UNKNOWN_SERVICE and request_id(unknown) == 1
+    assert "nobody" not in state.services  # nothing is left of a service no worker ever offered
+    [late] = state.purge(11.1)
+    assert client_error(late) == mdp.ERR_QUEUE_TIMEOUT and request_id(late) == 3
+
+
+def test_requeued_request_gets_a_fresh_queue_timeout() -> None:
+    state = make()
+    ready(state, b"w1")
+    request(state, b"c", 1)
+    state.on_worker(b"w1", mdp.Heartbeat().encode(), 9.0)
+    state.on_worker(b"w1", mdp.Disconnect().encode(), 9.5)
+    assert state.purge(15.0) == []  # re-queued at 9.5, times out at 19.5
+    [late] = state.purge(19.6)
+    assert client_error(late) == mdp.ERR_QUEUE_TIMEOUT
+
+
+def test_mmi_service() -> None:
+    state = make()
+    ready(state, b"w1")
+    for name, expected in (("echo", mdp.MMI_FOUND), ("other", mdp.MMI_NOT_FOUND)):
+        [out] = state.on_client(b"c", mdp.ClientRequest(mdp.MMI_SERVICE, [name.encode()]).encode(), 0.0)
+        assert mdp.decode_client_reply(out.frames).body == [expected]
+    [out] = state.on_client(b"c", mdp.ClientRequest("mmi.other", [b"x"]).encode(), 0.0)
+    assert mdp.decode_client_reply(out.frames).body == [mdp.MMI_NOT_IMPLEMENTED]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b"MDPC02"],
+        [b"MDPW02", b"\x05"],
+        [b"MDPC02", b"\x09", b"echo", b"x"],
+        [b"MDPC02", b"\x01", b"", b"x"],
+        [b"MDPC01", b"\x01", b"echo", b"x"],
+    ],
+)
+def test_malformed_client_messages_raise_protocol_error_and_change_nothing(frames: list[bytes]) -> None:
+    state = make()
+    with pytest.raises(ProtocolError):
+        state.on_client(b"c", frames, 0.0)
+    assert state.services == {} and state.workers == {}
+
+
+def test_unexpected_worker_commands_get_disconnect() -> None:
+    state = make()
+    [out] = state.on_worker(b"stranger", mdp.Heartbeat().encode(), 0.0)
+    assert isinstance(mdp.decode_to_worker(out.frames), mdp.Disconnect)
+    ready(state, b"w1")
+    [out] = ready(state, b"w1")  # a second READY
+    assert isinstance(mdp.decode_to_worker(out.frames), mdp.Disconnect) and b"w1" not in state.workers
+    ready(state, b"w2")
+    reply = mdp.WorkerReply(b"nobody", [b"x"]).encode()  # a reply while holding no request
+    [out] = state.on_worker(b"w2", reply, 0.0)
+    assert isinstance(mdp.decode_to_worker(out.frames), mdp.Disconnect) and b"w2" not in state.workers
+    [out] = ready(state, b"w3", "mmi.service")
+    assert isinstance(mdp.decode_to_worker(out.frames), mdp.Disconnect) and b"w3" not in state.workers
+
+
+def test_partial_replies_are_forwarded_and_worker_stays_busy() -> None:
+    state = make()
+    ready(state, b"w1")
+    [given] = request(state, b"c", 1)
+    request(state, b"c", 2)
+    partial = mdp.WorkerReply(b"c", mdp.result_body(1, [b"half"]).encode(), final=False).encode()
+    [out] = state.on_worker(b"w1", partial, 0.0)
+    assert not mdp.decode_client_reply(out.frames).final
+    [reply, next_request] = final(state, b"w1", given)
+    assert mdp.decode_client_reply(reply.frames).final and request_id(next_request) == 2
+
+
+def test_metrics_follow_the_state() -> None:
+    registry = CollectorRegistry()
+    metrics = BrokerMetrics(registry)
+    state = make(metrics=metrics)
+    ready(state, b"w1")
+    ready(state, b"w2")
+    [given] = request(state, b"c", 1)
+    request(state, b"c", 2, "ghost")
+    metrics.observe(state, 0.5)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("ssnet_broker_workers", service="echo", state="busy") == 1
+    assert value("ssnet_broker_workers", service="echo", state="idle") == 1
+    assert value("ssnet_broker_queued_requests", service="_unknown") == 1  # unregistered names share one label
+    final(state, b"w1", given, now=2.0)
+    assert value("ssnet_broker_requests_total", service="echo", outcome="ok") == 1
+    assert value("ssnet_broker_request_duration_seconds_sum", service="echo") == 2.0
+    state.purge(20.0)
+    assert value("ssnet_broker_worker_expirations_total", service="echo") == 2
+    assert value("ssnet_broker_requests_total", service="_unknown", outcome="unknown_service") == 1
+    metrics.observe(state, 20.0)
+    assert value("ssnet_broker_workers", service="echo", state="idle") == 0
