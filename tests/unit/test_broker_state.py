@@ -275,3 +275,18 @@ def test_metrics_follow_the_state() -> None:
     assert value("ssnet_broker_requests_total", service="_unknown", outcome="unknown_service") == 1
     metrics.observe(state, 20.0)
     assert value("ssnet_broker_workers", service="echo", state="idle") == 0
+
+
+def test_client_retry_of_a_request_in_hand_is_dropped() -> None:
+    state = make()
+    request(state, b"c", 1)
+    assert request(state, b"c", 1) == []  # retry while queued
+    [given] = ready(state, b"w1")
+    assert request(state, b"c", 1) == []  # retry while a worker has it
+    assert request(state, b"other-client", 1) == []  # same id from another client is another request
+    [reply, other] = final(state, b"w1", given)
+    assert reply.identity == b"c" and other.identity == b"w1" and request_id(other) == 1
+    final(state, b"w1", other)
+    [again] = request(state, b"c", 1)  # answered: the same id may be asked again
+    assert again.side is Side.WORKER
+    assert state.pending == {(b"c", 1)}

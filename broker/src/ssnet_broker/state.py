@@ -11,6 +11,8 @@ Rules (RFC 18 plus ours):
   all; then the client gets a ``worker_lost`` error.
 * A request waiting longer than ``queue_timeout`` for a worker gets ``unknown_service`` (no worker ever
   registered for that service) or ``queue_timeout``; a request arriving at a full queue gets ``queue_full``.
+* A request in our format that repeats the (client, request id) of one already queued or being processed is
+  a client's retry of it: it is dropped, so one request is never worked on twice at once.
 * Workers are sent a HEARTBEAT every ``heartbeat_interval``, idle or busy; a worker silent for
   ``heartbeat_liveness`` intervals is dropped.  Unexpected commands get DISCONNECT, as RFC 18 asks.
 """
@@ -68,6 +70,11 @@ class Request:
     received: float
     queued: float
     attempts: int = 0
+    request_id: Optional[int] = None  # set for requests in our format
+
+    @property
+    def key(self) -> Optional[tuple[bytes, int]]:
+        return None if self.request_id is None else (self.client, self.request_id)
 
     @property
     def service(self) -> str:
@@ -114,6 +121,7 @@ class BrokerState:
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}
         self.registered: set[str] = set()  # services that ever had a worker
+        self.pending: set[tuple[bytes, int]] = set()  # (client, request id) queued or being processed
         self.next_heartbeat = now + limits.heartbeat_interval
 
     # ----------------------------------------------------------------------------------- queries
@@ -134,18 +142,28 @@ class BrokerState:
     # ------------------------------------------------------------------------------ client side
     def on_client(self, identity: bytes, frames: Sequence[Frame], now: float) -> list[Outgoing]:
         """A message from client ``identity``.  Raises :class:`ProtocolError` for malformed frames."""
-        request = mdp.decode_client_request(frames)
-        if mdp.is_ours(request.body) and mdp.decode_body(request.body).kind != mdp.BodyKind.REQUEST:
-            raise ProtocolError("a client may only send REQUEST bodies")
-        if request.service.startswith(mdp.MMI_PREFIX):
-            reply = mdp.mmi_reply(request, self.has_workers)
+        message = mdp.decode_client_request(frames)
+        request_id = None
+        if mdp.is_ours(message.body):
+            body = mdp.decode_body(message.body)
+            if body.kind != mdp.BodyKind.REQUEST:
+                raise ProtocolError("a client may only send REQUEST bodies")
+            request_id = body.request_id
+        if message.service.startswith(mdp.MMI_PREFIX):
+            reply = mdp.mmi_reply(message, self.has_workers)
             return [Outgoing(Side.CLIENT, identity, reply.encode())]
-        service = self._service(request.service)
+        request = Request(identity, message, received=now, queued=now, request_id=request_id)
+        if request.key is not None and request.key in self.pending:
+            log.debug("dropped retry of request %d of client %s: already in hand", request_id, identity.hex())
+            return []
+        service = self._service(message.service)
         if len(service.queue) >= self.limits.max_queue:
-            return [self._fail(Request(identity, request, now, now), Outcome.QUEUE_FULL,
-                               f"queue of service {request.service!r} is full ({self.limits.max_queue} requests)",
+            return [self._fail(request, Outcome.QUEUE_FULL,
+                               f"queue of service {message.service!r} is full ({self.limits.max_queue} requests)",
                                now)]
-        service.queue.append(Request(identity, request, received=now, queued=now))
+        if request.key is not None:
+            self.pending.add(request.key)
+        service.queue.append(request)
         return self._dispatch(service, now)
 
     # ------------------------------------------------------------------------------ worker side
@@ -195,6 +213,7 @@ class BrokerState:
         if not reply.final:
             return out
         worker.request = None
+        self._forget(request)
         service = self._service(worker.service)
         service.idle[worker.identity] = worker  # most recently used: back of the queue
         if self.metrics is not None:
@@ -242,6 +261,7 @@ class BrokerState:
         out = [Outgoing(Side.WORKER, w.identity, mdp.Disconnect(w.delimited).encode()) for w in self.workers.values()]
         self.workers.clear()
         self.services.clear()
+        self.pending.clear()
         return out
 
     # ------------------------------------------------------------------------------ internals
@@ -294,7 +314,12 @@ class BrokerState:
         self._forget_if_unused(service)
         return out
 
+    def _forget(self, request: Request) -> None:
+        if request.key is not None:
+            self.pending.discard(request.key)
+
     def _fail(self, request: Request, outcome: Outcome, message: str, now: float) -> Outgoing:
+        self._forget(request)
         log.warning("request of client %s for %r failed: %s", request.client.hex(), request.service, message)
         if self.metrics is not None:
             self.metrics.finished(self.label(request.service), outcome, now - request.received)
