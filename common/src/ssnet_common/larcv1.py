@@ -8,7 +8,7 @@ Entry ``i`` of every producer's tree belongs to the same event.
 Reading uses uproot (pure Python) and streams: at most about ``_CHUNK_BYTES`` of uncompressed data is held
 at a time, whatever the file size.  Writing uses ROOT's Python bindings, declaring classes with the genuine
 names, members and member order, so the files carry the genuine streamer checksums and LArCV1 reads them.
-uproot, awkward and ROOT are imported only when a file is read or written.
+uproot and ROOT are imported only when a file is read or written.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def branch_name(producer: str) -> str:
     return f"image2d_{producer}_branch"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class Image2D:
     """One image: its meta and its pixels, ``pixels[row, col] == larcv::Image2D::pixel(row, col)``.
 
@@ -85,16 +85,15 @@ class Image2D:
     meta: ImageMeta
     pixels: npt.NDArray[np.float32]
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.meta, ImageMeta):
-            raise ValueError(f"meta must be an ImageMeta, got {type(self.meta).__name__}")
-        array = np.asarray(self.pixels)
+    def __init__(self, meta: ImageMeta, pixels: npt.ArrayLike) -> None:
+        if not isinstance(meta, ImageMeta):
+            raise ValueError(f"meta must be an ImageMeta, got {type(meta).__name__}")
+        array = np.asarray(pixels)
         if array.dtype.kind not in "biuf":
             raise ValueError(f"pixels must be real numbers, got dtype {array.dtype}")
-        if array.shape != self.meta.shape:
-            raise ValueError(
-                f"pixels have shape {array.shape} but the meta says (rows, cols) = {self.meta.shape}"
-            )
+        if array.shape != meta.shape:
+            raise ValueError(f"pixels have shape {array.shape} but the meta says (rows, cols) = {meta.shape}")
+        object.__setattr__(self, "meta", meta)
         object.__setattr__(self, "pixels", np.ascontiguousarray(array, dtype=np.float32))
 
 
@@ -300,8 +299,10 @@ def _column_major_to_rows(values: npt.NDArray[Any], rows: int, cols: int) -> npt
 
 @contextlib.contextmanager
 def _open_root(path: Path) -> Iterator[Any]:
-    import uproot
-
+    try:
+        import uproot
+    except ImportError as exc:
+        raise LArCV1Error(f"reading LArCV1 files needs uproot: {exc}", path=str(path)) from exc
     if not path.is_file():
         raise LArCV1Error("no such file", path=str(path))
     try:
@@ -440,6 +441,8 @@ class LArCV1Writer:
     def __enter__(self) -> LArCV1Writer:
         if self._temp is not None:
             raise LArCV1Error("the writer is already open", path=str(self.path))
+        if not self.path.parent.is_dir():
+            raise LArCV1Error("no such directory", path=str(self.path))
         root = _root()
         self._temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp.root")
         try:
@@ -493,7 +496,7 @@ class LArCV1Writer:
                 raise LArCV1Error(
                     f"not one of the writer's producers {list(self.producers)}", producer=producer, **where
                 )
-        ids = [_event_id(name, value, where) for name, value in zip(_ID_LEAVES, (run, subrun, event))]
+        ids = [_event_id(name, value, where) for name, value in zip(("run", "subrun", "event"), (run, subrun, event))]
         checked = {
             producer: [
                 _checked_image(item, index, producer, where) for index, item in enumerate(images.get(producer, ()))
@@ -504,16 +507,19 @@ class LArCV1Writer:
         for producer in self.producers:
             product = self._products[producer]
             product._run, product._subrun, product._event = ids
-            for index, image in enumerate(checked[producer]):
-                meta = image.meta
-                root.ssnet_larcv1.append_image(
-                    product, index, image.pixels.ravel(order="F"), meta.rows, meta.cols,
-                    meta.origin_x, meta.origin_y, meta.width, meta.height, meta.plane,
-                )
-            filled = self._trees[producer].Fill()
-            product._image_v.clear()
-            if filled < 0:
-                raise LArCV1Error("ROOT failed to fill the tree", producer=producer, **where)
+            try:
+                for index, image in enumerate(checked[producer]):
+                    meta = image.meta
+                    # cppyy passes an array's buffer as the float*; an empty array has none.
+                    pixels = image.pixels.ravel(order="F") if image.pixels.size else root.nullptr
+                    root.ssnet_larcv1.append_image(
+                        product, index, pixels, meta.rows, meta.cols,
+                        meta.origin_x, meta.origin_y, meta.width, meta.height, meta.plane,
+                    )
+                if self._trees[producer].Fill() < 0:
+                    raise LArCV1Error("ROOT failed to fill the tree", producer=producer, **where)
+            finally:
+                product._image_v.clear()
         self.entries_written += 1
 
     def copy_entry(self, entry: LArCV1Entry) -> None:
@@ -522,20 +528,21 @@ class LArCV1Writer:
 
     def _commit(self) -> None:
         root = _root()
+        assert self._temp is not None  # __exit__ follows a successful __enter__
         try:
             self._file.cd()
             for tree in self._trees.values():
                 tree.Write("", root.TObject.kOverwrite)
             self._file.Close()
-            failed = self._file.TestBit(root.TFile.kWriteError)
-        except Exception:
+            if self._file.TestBit(root.TFile.kWriteError):
+                raise LArCV1Error("ROOT failed to write the file", path=str(self.path))
+            os.replace(self._temp, self.path)
+        except OSError as exc:
+            self._discard()
+            raise LArCV1Error(f"cannot put the written file in place: {exc}", path=str(self.path)) from exc
+        except BaseException:
             self._discard()
             raise
-        if failed:
-            self._discard()
-            raise LArCV1Error("ROOT failed to write the file", path=str(self.path))
-        assert self._temp is not None
-        os.replace(self._temp, self.path)
         logger.debug("wrote %d entries to %s", self.entries_written, self.path)
         self._reset()
 
@@ -551,18 +558,18 @@ class LArCV1Writer:
         self._trees, self._products, self._file, self._temp = {}, {}, None, None
 
 
-def _event_id(leaf: str, value: int, where: dict[str, Any]) -> int:
+def _event_id(name: str, value: int, where: dict[str, Any]) -> int:
     if not isinstance(value, bool):
         with contextlib.suppress(TypeError):
             number = operator.index(value)
             if 0 <= number < INVALID_ID:
                 return number
-    raise LArCV1Error(f"{leaf.lstrip('_')} must be an integer in [0, 2**64 - 1), got {value!r}", **where)
+    raise LArCV1Error(f"{name} must be an integer in [0, 2**64 - 1), got {value!r}", **where)
 
 
 def _checked_image(item: ImageLike, index: int, producer: str, where: dict[str, Any]) -> Image2D:
     try:
         meta, pixels = (item.meta, item.pixels) if isinstance(item, Image2D) else item
-        return Image2D(meta, np.asarray(pixels))
+        return Image2D(meta, pixels)
     except (TypeError, ValueError) as exc:
         raise LArCV1Error(f"image {index}: {exc}", producer=producer, **where) from exc

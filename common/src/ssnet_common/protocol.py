@@ -347,9 +347,18 @@ def result_body(request_id: int, payload: Sequence[Frame]) -> Body:
     return Body(BodyKind.RESULT, request_id, list(payload))
 
 
-def error_body(request_id: int, code: str, message: str) -> Body:
+def _error_frames(code: str, message: str) -> list[Frame]:
     text = message.encode("utf-8")[:MAX_ERROR_MESSAGE].decode("utf-8", "ignore")  # never cut a character
-    return Body(BodyKind.ERROR, request_id, [code.encode("ascii"), text.encode("utf-8")])
+    return [code.encode("ascii"), text.encode("utf-8")]
+
+
+def error_body(request_id: int, code: str, message: str) -> Body:
+    return Body(BodyKind.ERROR, request_id, _error_frames(code, message))
+
+
+def plain_error_body(code: str, message: str) -> list[Frame]:
+    """The error body for a plain MDP request (one without our envelope): ``[b"error", code, message]``."""
+    return [b"error", *_error_frames(code, message)]
 
 
 def is_ours(body: Sequence[Frame]) -> bool:
@@ -397,7 +406,7 @@ def broker_error(request: ClientRequest, code: str, message: str) -> ClientReply
     if is_ours(request.body):
         body: list[Frame] = error_body(decode_body(request.body).request_id, code, message).encode()
     else:
-        body = [b"error", code.encode("ascii"), message.encode("utf-8")]
+        body = plain_error_body(code, message)
     return ClientReply(request.service, body, final=True, delimited=request.delimited)
 
 

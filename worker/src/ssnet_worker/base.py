@@ -1,0 +1,661 @@
+"""The Majordomo (RFC 18, MDP/0.2) worker base class.
+
+A worker kind subclasses :class:`Worker` and implements :meth:`Worker.handle`: request payload in, reply payload
+out.  Everything else is here: one DEALER socket to the broker, READY, heartbeats, broker liveness, reconnects
+with exponential backoff, graceful shutdown on SIGTERM/SIGINT or :meth:`Worker.stop`, and metrics.
+
+Threads.  ``handle`` runs in one handler thread, one request at a time, so that a request that takes minutes
+never delays a heartbeat.  The main thread owns the socket and runs a thin loop::
+
+    poll(broker socket, wake-up fd) -> read broker messages -> send finished replies -> heartbeat -> liveness
+
+The handler thread never touches ZeroMQ: it takes jobs from a queue, appends each reply to a deque and writes
+one byte to the wake-up socket pair, which the main loop polls next to the broker socket.  The same wake-up
+socket is the ``signal.set_wakeup_fd`` of the process and what :meth:`Worker.stop` writes to, so a signal, a
+stop request and a finished reply all end the poll at once; the poll timeout is only ever the time to the
+next heartbeat, liveness deadline or reconnect.
+
+Connections.  Every connection has a generation number and every job remembers the generation it came from.
+When the broker has been silent for ``heartbeat_liveness * heartbeat_interval`` seconds, or sends DISCONNECT,
+the socket is closed and a new one is opened after a backoff (1 s, 2 s, 4 s ... ``reconnect_max``; back to the
+start once the broker speaks again).  A reply that finishes after its connection was replaced is dropped with
+a log line: the broker has re-queued that request already.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import queue
+import signal
+import socket
+import threading
+import time
+import types
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+
+import zmq
+from prometheus_client import CollectorRegistry
+
+from ssnet_common.errors import ConfigError, ProtocolError, TransportError
+from ssnet_common.metrics import serve_metrics
+from ssnet_common.protocol import (
+    ERR_WORKER,
+    BodyKind,
+    Disconnect,
+    Frame,
+    Heartbeat,
+    Ready,
+    WorkerReply,
+    WorkerRequest,
+    decode_body,
+    decode_to_worker,
+    error_body,
+    frames_nbytes,
+    is_ours,
+    plain_error_body,
+    result_body,
+    validate_service_name,
+)
+from ssnet_common.transport import connect, new_socket, recv, send, zmq_errors
+from ssnet_worker.metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    ZmqSocket = zmq.Socket[bytes]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BROKER = "tcp://localhost:5560"
+_MAX_BATCH = 64  # broker messages read per loop iteration before the loop looks at replies and timers again
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a :class:`Worker` needs to know; validated on construction (:class:`ConfigError`).
+
+    ``heartbeat_interval``: seconds between our heartbeats, and the broker's expected rhythm.
+    ``heartbeat_liveness``: heartbeat intervals of broker silence after which the connection is replaced.
+    ``reconnect_min``/``reconnect_max``: first and largest wait before reconnecting (doubling in between).
+    ``metrics_port``: serve Prometheus metrics there (0: not at all), on ``metrics_addr``.
+    ``shutdown_linger``: how long the final reply and DISCONNECT may take to leave when the worker stops.
+    """
+
+    service: str
+    broker: str = DEFAULT_BROKER
+    heartbeat_interval: float = 2.5
+    heartbeat_liveness: int = 3
+    reconnect_min: float = 1.0
+    reconnect_max: float = 32.0
+    metrics_port: int = 0
+    metrics_addr: str = "0.0.0.0"
+    shutdown_linger: float = 2.0
+
+    def __post_init__(self) -> None:
+        try:
+            validate_service_name(self.service)
+        except ProtocolError as exc:
+            raise ConfigError(f"invalid service name {self.service!r}: {exc}") from None
+        transport, sep, address = self.broker.partition("://")
+        if not sep or transport not in ("tcp", "ipc", "inproc") or not address:
+            raise ConfigError(f"broker endpoint must look like tcp://host:port or ipc:///path, got {self.broker!r}")
+        for name in ("heartbeat_interval", "reconnect_min", "reconnect_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.reconnect_max < self.reconnect_min:
+            raise ConfigError(
+                f"reconnect_max ({self.reconnect_max}) must not be smaller than reconnect_min ({self.reconnect_min})"
+            )
+        if (
+            isinstance(self.heartbeat_liveness, bool) or not isinstance(self.heartbeat_liveness, int)
+            or self.heartbeat_liveness < 1
+        ):
+            raise ConfigError(f"heartbeat_liveness must be an integer of at least 1, got {self.heartbeat_liveness!r}")
+        if isinstance(self.metrics_port, bool) or not isinstance(self.metrics_port, int) or not (
+            0 <= self.metrics_port <= 65535
+        ):
+            raise ConfigError(f"metrics_port must be a TCP port or 0, got {self.metrics_port!r}")
+        linger = self.shutdown_linger
+        if isinstance(linger, bool) or not isinstance(linger, (int, float)) or not 0 <= linger < math.inf:
+            raise ConfigError(f"shutdown_linger must be 0 or more seconds, got {linger!r}")
+
+    @property
+    def broker_timeout(self) -> float:
+        """Seconds of broker silence after which the connection is replaced."""
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+
+# ------------------------------------------------------------------------------------- pure timer state
+class Backoff:
+    """Reconnect delays: ``minimum``, doubling each time, capped at ``maximum``; :meth:`reset` starts over."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        if not 0 < minimum <= maximum:
+            raise ValueError(f"need 0 < minimum <= maximum, got {minimum}, {maximum}")
+        self.minimum = minimum
+        self.maximum = maximum
+        self._next = minimum
+
+    def next_delay(self) -> float:
+        """The delay to wait now; the following call returns twice as much (up to ``maximum``)."""
+        delay = self._next
+        self._next = min(delay * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.minimum
+
+
+class Liveness:
+    """Heartbeat schedule and broker liveness of one connection.  Pure: every method takes the clock."""
+
+    def __init__(self, interval: float, liveness: int, now: float) -> None:
+        self.interval = interval
+        self.timeout = interval * liveness
+        self.last_received = now
+        self.next_heartbeat = now + interval
+
+    def received(self, now: float) -> None:
+        """Any message from the broker proves it is alive."""
+        self.last_received = now
+
+    def heartbeat_due(self, now: float) -> bool:
+        return now >= self.next_heartbeat
+
+    def heartbeat_sent(self, now: float) -> None:
+        """Schedule the next heartbeat one interval after the one due (no drift), or after ``now`` if late."""
+        self.next_heartbeat += self.interval
+        if self.next_heartbeat <= now:
+            self.next_heartbeat = now + self.interval
+
+    def expired(self, now: float) -> bool:
+        """Whether the broker has been silent for ``liveness`` intervals."""
+        return now - self.last_received >= self.timeout
+
+    def age(self, now: float) -> float:
+        """Seconds since the broker was last heard from."""
+        return max(0.0, now - self.last_received)
+
+    def next_deadline(self) -> float:
+        """When something is next due: a heartbeat to send or the liveness check."""
+        return min(self.next_heartbeat, self.last_received + self.timeout)
+
+
+# --------------------------------------------------------------------------------------------- plumbing
+class _Waker:
+    """A socket pair: anyone may :meth:`wake` the main loop, which polls :meth:`fileno`."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def write_fileno(self) -> int:
+        return self._writer.fileno()
+
+    def wake(self) -> None:
+        # OSError: the buffer is full (the loop is awake anyway) or the pair is closed (the loop is gone).
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
+
+    def drain(self) -> None:
+        try:
+            while self._reader.recv(4096):
+                pass
+        except OSError:  # BlockingIOError: nothing left
+            pass
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+@dataclass(frozen=True)
+class _Job:
+    generation: int
+    client: bytes
+    body: Sequence[Frame]
+    delimited: bool
+
+
+@dataclass(frozen=True)
+class _Done:
+    generation: int
+    client: bytes
+    delimited: bool
+    reply: Sequence[Frame]
+    label: str
+
+
+_StopRequest = Union[int, str]  # a signal number, "stop" or "force"
+
+
+def _describe(body: Sequence[Frame]) -> str:
+    """A short name for a request body in log lines: ``request 42`` or ``plain request``."""
+    if is_ours(body):
+        try:
+            return f"request {decode_body(body).request_id}"
+        except ProtocolError:
+            return "malformed request"
+    return "plain request"
+
+
+def _plain_error(message: str) -> list[Frame]:
+    """``[b"error", b"worker_error", message]``: the error reply to a plain MDP request (no envelope)."""
+    return plain_error_body(ERR_WORKER, message)
+
+
+# ------------------------------------------------------------------------------------------------ worker
+class Worker:
+    """Base class of every worker.  Subclasses implement :meth:`handle` (and optionally :meth:`setup`).
+
+    ``registry`` receives the worker's metrics (a fresh registry if not given); ``context`` is the ZeroMQ
+    context to use (the worker makes and terminates its own if not given).  :meth:`run` blocks until the worker
+    is stopped; :meth:`stop` may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        registry: Optional[CollectorRegistry] = None,
+        context: Optional[zmq.Context[ZmqSocket]] = None,
+    ) -> None:
+        self.config = config
+        self.metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry(), config.service)
+        self._context = context
+        self._stop_requests: queue.SimpleQueue[_StopRequest] = queue.SimpleQueue()
+        self._waker: Optional[_Waker] = None
+        self._started = False
+
+    # ----------------------------------------------------------------------------------- subclass API
+    def handle(self, payload: list[Frame]) -> Sequence[Frame]:
+        """Answer one request: its payload frames (after our envelope) in, the reply payload out.
+
+        Runs in the handler thread, one request at a time.  Raising any exception answers the client with an
+        ERROR body (``worker_error``, ``"<ExceptionType>: message"``); the worker keeps running.  A plain MDP
+        request (no envelope) is handed over whole and its reply sent as is.
+        """
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Called once by :meth:`run` before the worker registers with the broker (e.g. load a model)."""
+
+    # ------------------------------------------------------------------------------------------ control
+    def stop(self, *, force: bool = False) -> None:
+        """Ask :meth:`run` to finish the current request, send its reply, DISCONNECT and return.
+
+        ``force=True`` abandons the current request instead (as a second SIGTERM/SIGINT does).  Thread-safe,
+        and also safe before :meth:`run` started.
+        """
+        self._stop_requests.put("force" if force else "stop")
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
+
+    def run(self, *, install_signal_handlers: bool = True) -> int:
+        """Serve until stopped; return the exit status (0, or 1 when a request was abandoned).
+
+        SIGTERM and SIGINT handlers are installed (and restored on return) when ``install_signal_handlers`` is
+        true and this is the main thread.  Raises :class:`TransportError` if the broker endpoint cannot be used
+        and :class:`ConfigError` if the metrics endpoint cannot be served.
+        """
+        if self._started:
+            raise RuntimeError("Worker.run() may only be called once")
+        self._started = True
+        self.setup()
+        serve_metrics(self.metrics.registry, self.config.metrics_port, self.config.metrics_addr)
+        context = self._context if self._context is not None else zmq.Context()
+        waker = _Waker()
+        self._waker = waker
+        restore = _no_restore
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            restore = _install_signal_handlers(self._stop_requests, waker)
+        runner = _Runner(self._answer, waker)
+        session = _Session(self, context, waker, runner, self._stop_requests)
+        try:
+            return session.run()
+        finally:
+            restore()
+            session.close()
+            runner.close(wait=not session.abandoned)
+            self._waker = None
+            waker.close()
+            if self._context is None:
+                context.term()
+
+    # ------------------------------------------------------------------------------------- request path
+    def answer(self, body: Sequence[Frame]) -> tuple[list[Frame], bool]:
+        """The reply body for a request body and whether it succeeded; never raises.
+
+        Our envelope: RESULT with the same request id, or ERROR ``worker_error``.  A plain body: the reply of
+        :meth:`handle` as is, or ``[b"error", b"worker_error", message]``.
+        """
+        label = _describe(body)
+        if not is_ours(body):
+            try:
+                return self._checked(self.handle(list(body))), True
+            except Exception as exc:
+                log.exception("%s: %s failed", label, type(self).__name__)
+                return _plain_error(f"{type(exc).__name__}: {exc}"), False
+        try:
+            request = decode_body(body)
+        except ProtocolError as exc:
+            log.warning("malformed request envelope: %s", exc)
+            return _plain_error(f"ProtocolError: {exc}"), False
+        if request.kind != BodyKind.REQUEST:
+            message = f"ProtocolError: expected a REQUEST body, got {request.kind.name}"
+            log.warning("%s: %s", label, message)
+            return error_body(request.request_id, ERR_WORKER, message).encode(), False
+        try:
+            payload = self._checked(self.handle(list(request.payload)))
+        except Exception as exc:
+            log.exception("%s: %s failed", label, type(self).__name__)
+            return error_body(request.request_id, ERR_WORKER, f"{type(exc).__name__}: {exc}").encode(), False
+        return result_body(request.request_id, payload).encode(), True
+
+    @staticmethod
+    def _checked(reply: Sequence[Frame]) -> list[Frame]:
+        frames = list(reply)
+        try:
+            frames_nbytes(frames)
+        except TypeError:
+            kinds = sorted({type(frame).__name__ for frame in frames})
+            raise TypeError(f"handle() must return a sequence of buffers (bytes, ...), got {kinds}") from None
+        return frames
+
+    def _answer(self, job: _Job) -> _Done:
+        """Handler thread: run one job, time it, count it."""
+        label = _describe(job.body)
+        log.debug("%s: handling (%d frames, %d bytes)", label, len(job.body), frames_nbytes(job.body))
+        started = time.perf_counter()
+        try:
+            reply, ok = self.answer(job.body)
+        except BaseException as exc:  # answer() catches Exception; this is SystemExit & co. from handle()
+            log.exception("%s: handler thread interrupted", label)
+            reply, ok = _plain_error(f"{type(exc).__name__}: {exc}"), False
+        seconds = time.perf_counter() - started
+        self.metrics.request_done(ok, seconds)
+        log.debug("%s: %s in %.3f s", label, "done" if ok else "failed", seconds)
+        return _Done(job.generation, job.client, job.delimited, reply, label)
+
+
+def _no_restore() -> None:
+    pass
+
+
+def _install_signal_handlers(requests: queue.SimpleQueue[_StopRequest], waker: _Waker) -> Callable[[], None]:
+    """SIGTERM/SIGINT put their number on ``requests``; the wake-up fd ends the main loop's poll at once."""
+
+    def on_signal(signum: int, frame: Optional[types.FrameType]) -> None:
+        requests.put(signum)  # SimpleQueue.put is reentrant: safe in a signal handler
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous_fd = signal.set_wakeup_fd(waker.write_fileno(), warn_on_full_buffer=False)
+
+    def restore() -> None:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    return restore
+
+
+class _Runner:
+    """The handler thread: jobs in through a queue, replies out through a deque plus a wake-up."""
+
+    def __init__(self, answer: Callable[[_Job], _Done], waker: _Waker) -> None:
+        self._answer = answer
+        self._waker = waker
+        self._jobs: queue.SimpleQueue[Optional[_Job]] = queue.SimpleQueue()
+        self.done: collections.deque[_Done] = collections.deque()
+        self._thread = threading.Thread(target=self._run, name="ssnet-worker-handler", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _Job) -> None:
+        self._jobs.put(job)
+
+    def close(self, wait: bool) -> None:
+        self._jobs.put(None)
+        if wait:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self.done.append(self._answer(job))
+            self._waker.wake()
+
+
+@dataclass
+class _Connection:
+    socket: ZmqSocket
+    generation: int
+    liveness: Liveness
+
+
+class _Session:
+    """The main loop's state for one :meth:`Worker.run`."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        context: zmq.Context[ZmqSocket],
+        waker: _Waker,
+        runner: _Runner,
+        stop_requests: queue.SimpleQueue[_StopRequest],
+    ) -> None:
+        self.config = worker.config
+        self.metrics = worker.metrics
+        self.context = context
+        self.waker = waker
+        self.runner = runner
+        self.stop_requests = stop_requests
+        self.poller = zmq.Poller()
+        self.poller.register(waker.fileno(), zmq.POLLIN)
+        self.backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
+        self.conn: Optional[_Connection] = None
+        self.generation = 0
+        self.reconnect_at = time.monotonic()
+        self.last_heard = time.monotonic()
+        self.in_flight = 0
+        self.stop_level = 0  # 0 running, 1 finish the current request and stop, 2 stop now
+        self.abandoned = False
+
+    # ------------------------------------------------------------------------------------------- loop
+    def run(self) -> int:
+        while True:
+            self._take_stop_requests()
+            if self.stop_level >= 2 and self.in_flight:
+                log.error("stopping now: abandoning %d request(s) in progress", self.in_flight)
+                self.abandoned = True
+                return self._finish(1)
+            if self.stop_level and not self.in_flight:
+                return self._finish(0)
+            now = time.monotonic()
+            if self.conn is None and not self.stop_level and now >= self.reconnect_at:
+                self._connect(now)
+            events = dict(self.poller.poll(self._timeout_ms(time.monotonic())))
+            if self.waker.fileno() in events:
+                self.waker.drain()
+            if self.conn is not None and self.conn.socket in events:
+                self._receive()
+            self._deliver()
+            self._tick(time.monotonic())
+
+    def _timeout_ms(self, now: float) -> int:
+        deadline = now + self.config.heartbeat_interval  # at least once per interval: keep the gauges fresh
+        if self.conn is not None:
+            deadline = min(deadline, self.conn.liveness.next_deadline())
+        elif not self.stop_level:
+            deadline = min(deadline, self.reconnect_at)
+        return max(0, math.ceil((deadline - now) * 1000))
+
+    def _take_stop_requests(self) -> None:
+        while True:
+            try:
+                request = self.stop_requests.get_nowait()
+            except queue.Empty:
+                return
+            if request == "force":
+                level = 2
+            elif request == "stop":
+                level = max(self.stop_level, 1)
+            else:
+                level = min(self.stop_level + 1, 2)
+            if level == self.stop_level:
+                continue
+            self.stop_level = level
+            what = signal.Signals(request).name if isinstance(request, int) else f"{request}()"
+            if level == 1 and self.in_flight:
+                log.info("%s: finishing the current request, then disconnecting", what)
+            elif level == 1:
+                log.info("%s: disconnecting", what)
+            elif self.in_flight:
+                log.warning("%s: stopping without finishing the current request", what)
+
+    def _tick(self, now: float) -> None:
+        self.metrics.broker_heartbeat_age.set(max(0.0, now - self.last_heard))
+        conn = self.conn
+        if conn is None:
+            return
+        if conn.liveness.expired(now):
+            self._drop(f"broker silent for {conn.liveness.age(now):.1f} s")
+        elif conn.liveness.heartbeat_due(now):
+            conn.liveness.heartbeat_sent(now)
+            if self._send(Heartbeat().encode()):
+                self.metrics.heartbeats_sent.inc()
+
+    # ---------------------------------------------------------------------------------- connections
+    def _connect(self, now: float) -> None:
+        self.generation += 1
+        if self.generation > 1:
+            self.metrics.reconnects.inc()
+        sock: ZmqSocket = new_socket(self.context, zmq.DEALER, linger_ms=0)
+        try:
+            with zmq_errors("set socket options"):
+                # A send never blocks the loop for long: at worst a heartbeat interval, then it counts as failed.
+                sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.config.heartbeat_interval * 1000)))
+            connect(sock, self.config.broker)
+        except TransportError:
+            sock.close(linger=0)
+            raise
+        self.conn = _Connection(sock, self.generation, Liveness(
+            self.config.heartbeat_interval, self.config.heartbeat_liveness, now,
+        ))
+        self.poller.register(sock, zmq.POLLIN)
+        log.info(
+            "connecting to broker %s as service %r (connection %d)",
+            self.config.broker, self.config.service, self.generation,
+        )
+        self._send(Ready(self.config.service).encode())
+
+    def _drop(self, reason: str) -> None:
+        """Close the connection and schedule the next one after a backoff."""
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
+        self.poller.unregister(conn.socket)
+        conn.socket.close(linger=0)
+        delay = self.backoff.next_delay()
+        self.reconnect_at = time.monotonic() + delay
+        if self.stop_level:
+            log.warning("%s: connection closed while stopping", reason)
+        else:
+            log.warning("%s: reconnecting in %g s", reason, delay)
+
+    def _send(self, frames: list[Frame]) -> bool:
+        conn = self.conn
+        if conn is None:
+            return False
+        try:
+            send(conn.socket, frames)
+        except TransportError as exc:
+            self.metrics.errors.inc()
+            self._drop(f"cannot send to broker: {exc}")
+            return False
+        return True
+
+    def _finish(self, status: int) -> int:
+        conn = self.conn
+        if conn is not None:
+            self._send(Disconnect().encode())
+            self.close(linger=self.config.shutdown_linger)
+        log.info("stopped")
+        return status
+
+    def close(self, linger: float = 0.0) -> None:
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            self.poller.unregister(conn.socket)
+            conn.socket.close(linger=int(linger * 1000))
+
+    # ------------------------------------------------------------------------------------- messages
+    def _receive(self) -> None:
+        for _ in range(_MAX_BATCH):
+            conn = self.conn
+            if conn is None:
+                return
+            try:
+                if not conn.socket.poll(0, zmq.POLLIN):
+                    return
+                frames = recv(conn.socket)
+            except (TransportError, zmq.ZMQError) as exc:
+                self.metrics.errors.inc()
+                self._drop(f"cannot receive from broker: {exc}")
+                return
+            now = time.monotonic()
+            self.last_heard = now
+            conn.liveness.received(now)
+            try:
+                message = decode_to_worker(frames)
+            except ProtocolError as exc:
+                self.metrics.errors.inc()
+                log.warning("ignoring a malformed message from the broker: %s", exc)
+                continue
+            if isinstance(message, Heartbeat):
+                self.backoff.reset()
+                self.metrics.heartbeats_received.inc()
+            elif isinstance(message, Disconnect):
+                self._drop("broker sent DISCONNECT")
+                return
+            else:
+                self.backoff.reset()
+                self._dispatch(conn, message)
+
+    def _dispatch(self, conn: _Connection, request: WorkerRequest) -> None:
+        if self.stop_level:
+            log.warning(
+                "%s arrived while stopping: not handled (the broker re-queues it on DISCONNECT)",
+                _describe(request.body),
+            )
+            return
+        if self.in_flight:
+            log.warning("%s arrived while busy: queued behind %d", _describe(request.body), self.in_flight)
+        self.in_flight += 1
+        self.metrics.busy.set(1)
+        self.runner.submit(_Job(conn.generation, request.client, request.body, request.delimited))
+
+    def _deliver(self) -> None:
+        while self.runner.done:
+            done = self.runner.done.popleft()
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.metrics.busy.set(0)
+            if self.conn is None or self.conn.generation != done.generation:
+                log.warning(
+                    "%s: reply dropped, its broker connection was replaced (the broker re-queued it)", done.label
+                )
+                continue
+            self._send(WorkerReply(done.client, done.reply, final=True, delimited=done.delimited).encode())

@@ -1,0 +1,156 @@
+"""``ssnet-worker``: run one worker against a broker.
+
+::
+
+    ssnet-worker --broker tcp://broker:5560 --kind dummy [--service NAME] [--heartbeat-interval S] ...
+
+Every option has an ``SSNET_WORKER_*`` environment default (``--heartbeat-interval`` reads
+``SSNET_WORKER_HEARTBEAT_INTERVAL``); ``--help`` lists them.  The service defaults to the kind's name.
+Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for a configuration error, 1 for a runtime error.
+
+Adding a worker kind
+--------------------
+``KINDS`` maps each ``--kind`` name to a :class:`WorkerKind`.  A new kind (the SSNet network, say) adds one
+entry::
+
+    def _ssnet_options(options: EnvOptions) -> None:
+        options.add("--ssnet-weights", default=None, help="network weights file")
+        options.add("--ssnet-device", default="cpu", help="torch device")
+
+    def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
+        from ssnet_worker.ssnet import SSNetWorker   # import heavy dependencies here, not at module level
+
+        if args.ssnet_weights is None:
+            raise ConfigError("--kind ssnet needs --ssnet-weights (or SSNET_WORKER_SSNET_WEIGHTS)")
+        return SSNetWorker(config, weights=args.ssnet_weights, device=args.ssnet_device, registry=registry)
+
+    KINDS["ssnet"] = WorkerKind("SSNet on LArCV1 images", _make_ssnet, _ssnet_options)
+
+``add_options`` adds the kind's own options to the one parser (so ``--help`` shows them; name them after the
+kind to avoid clashes); they are parsed whatever the kind, and only the factory of the chosen kind reads
+them.  A factory raises :class:`ConfigError` for bad option values (exit status 2).  Load models in the
+worker's :meth:`~ssnet_worker.base.Worker.setup`, which runs before the worker registers with the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from prometheus_client import CollectorRegistry
+
+from ssnet_common.config import (
+    EnvOptions,
+    add_common_options,
+    configure_logging,
+    endpoint,
+    positive_float,
+    positive_int,
+)
+from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_worker.base import DEFAULT_BROKER, Worker, WorkerConfig
+from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
+
+log = logging.getLogger(__name__)
+
+PROG = "ssnet-worker"
+
+
+@dataclass(frozen=True)
+class WorkerKind:
+    """One ``--kind``: a description for ``--help``, a factory and (optionally) the kind's own options."""
+
+    description: str
+    factory: Callable[[WorkerConfig, argparse.Namespace, CollectorRegistry], Worker]
+    add_options: Optional[Callable[[EnvOptions], None]] = None
+
+
+KINDS: dict[str, WorkerKind] = {
+    "dummy": WorkerKind(
+        "replies zeros shaped like the first LArCV1 image product (original dummy worker)",
+        lambda config, args, registry: DummyLArCV1Worker(config, registry=registry),
+    ),
+    "echo": WorkerKind(
+        "replies with the request payload unchanged",
+        lambda config, args, registry: EchoWorker(config, registry=registry),
+    ),
+    "sleep": WorkerKind(
+        "sleeps for the seconds in payload frame 0, then echoes (tests of long requests)",
+        lambda config, args, registry: SleepWorker(config, registry=registry),
+    ),
+}
+
+
+def _kind_name(text: str) -> str:
+    if text not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown worker kind {text!r} (choose from {', '.join(sorted(KINDS))})")
+    return text
+
+
+def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentParser:
+    """The command-line parser; defaults come from ``environ`` (``os.environ`` if not given)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Majordomo (MDP/0.2) worker of ssnet-server: registers a service with the broker and "
+        "answers its requests.  Kinds: " + "; ".join(f"{name}: {kind.description}" for name, kind in KINDS.items()),
+    )
+    options = EnvOptions(parser, "SSNET_WORKER_", environ)
+    options.add("--broker", default=DEFAULT_BROKER, type=endpoint, help="broker endpoint for workers")
+    options.add("--kind", default="dummy", type=_kind_name, help=f"worker kind ({', '.join(KINDS)})")
+    options.add("--service", default=None, help="service name to register (default: the kind's name)")
+    options.add(
+        "--heartbeat-interval", default=2.5, type=positive_float, help="seconds between heartbeats",
+    )
+    options.add(
+        "--heartbeat-liveness", default=3, type=positive_int,
+        help="reconnect after this many heartbeat intervals without a word from the broker",
+    )
+    options.add("--reconnect-min", default=1.0, type=positive_float, help="first wait before reconnecting (s)")
+    options.add(
+        "--reconnect-max", default=32.0, type=positive_float,
+        help="longest wait before reconnecting (s); waits double from --reconnect-min",
+    )
+    add_common_options(options)
+    for kind in KINDS.values():
+        if kind.add_options is not None:
+            kind.add_options(options)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    """The frozen worker configuration from parsed options; :class:`ConfigError` if they do not fit together."""
+    return WorkerConfig(
+        service=args.service if args.service is not None else args.kind,
+        broker=args.broker,
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_liveness=args.heartbeat_liveness,
+        reconnect_min=args.reconnect_min,
+        reconnect_max=args.reconnect_max,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]] = None) -> int:
+    """Run a worker until it is stopped; return the exit status."""
+    try:
+        args = build_parser(environ).parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad option (argparse has printed why)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    configure_logging(args.log_level, PROG)
+    try:
+        config = config_from_args(args)
+        worker = KINDS[args.kind].factory(config, args, CollectorRegistry())
+        log.info("starting %s worker for service %r, broker %s", args.kind, config.service, config.broker)
+        return worker.run()
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except SSNetError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed (e.g. during setup)
+        log.info("interrupted")
+        return 130
