@@ -21,6 +21,7 @@ import operator
 import os
 import re
 import secrets
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Tuple, Union
@@ -401,11 +402,19 @@ BASKET_SIZE = 32000
 SPLIT_LEVEL = 99
 
 
+def load_writer_backend() -> None:
+    """Import ROOT and declare the classes now (about a second), rather than at the first write; raises
+    :class:`LArCV1Error` if ROOT is missing."""
+    _root()
+
+
 @functools.cache
 def _root() -> Any:
     """ROOT, with the LArCV1 classes declared (once per process)."""
     try:
-        import ROOT
+        with warnings.catch_warnings():  # the pip build of ROOT warns at every import that it is an alpha
+            warnings.filterwarnings("ignore", message="(?s).*alpha stage", category=UserWarning)
+            import ROOT
     except ImportError as exc:
         raise LArCV1Error(f"writing LArCV1 files needs ROOT's Python bindings: {exc}") from exc
     if not ROOT.gInterpreter.Declare(_CLASSES_CPP):

@@ -1,0 +1,152 @@
+"""``ssnet-client``: run LArCV1 files through an ssnet service and write the replies to a LArCV1 file."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Optional, TextIO
+
+from ssnet_client.base import ClientConfig
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_common import config as cfg
+from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
+
+log = logging.getLogger(__name__)
+
+PROGRESS_LOG_PERIOD = 10.0  # seconds between progress log lines when not on a terminal
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssnet-client",
+        description="Send the Image2D products of LArCV1 files, event by event, to an ssnet service through the "
+                    "broker, and write the images the workers return into an output LArCV1 file (entries in input "
+                    "order, each input event exactly once). The output appears only if every event succeeded.",
+    )
+    options = cfg.EnvOptions(parser, "SSNET_CLIENT_")
+    options.add("--broker", default="tcp://localhost:5559", type=cfg.endpoint, help="broker frontend endpoint")
+    options.add("--service", default="dummy", help="service to send the images to (e.g. dummy, echo, ssnet)")
+    options.add("--input", default=None, type=str.split, nargs="+", action=_Extend,
+                help="input LArCV1 file(s), read as one sequence of entries (environment: space-separated)")
+    options.add("--output", default=None, help="output LArCV1 file (written at the end, atomically)")
+    options.add("--producer", default=["wire"], type=str.split, action=_Extend,
+                help="Image2D producer to send; repeat for several (environment: space-separated)")
+    options.add("--start", default=0, type=cfg.non_negative_int, help="first entry to process")
+    options.add("--end", default=None, type=cfg.non_negative_int, help="entry to stop before (default: the last)")
+    options.add("--batch-size", default=1, type=cfg.positive_int,
+                help="events per request; consecutive events of the same image shapes are batched")
+    options.add("--window", default=8, type=cfg.positive_int, help="requests in flight at once")
+    options.add("--timeout", default=120.0, type=cfg.positive_float,
+                help="seconds to wait for a reply before sending the request again")
+    options.add("--retries", default=3, type=cfg.non_negative_int, help="times a request is sent again before failing")
+    options.add_flag("--per-plane", help="send each image as its own request to service <service>_plane<p>")
+    options.add_flag("--copy-input", help="also write the input producers into the output file")
+    options.add("--compression", default="none", choices=("none", "zlib"), help="compress the arrays sent")
+    options.add("--checkpoint", default=0, type=cfg.non_negative_int,
+                help="keep finished entries in chunk files of this many entries beside the output "
+                     "(<output>.chunks/), so a failed run can be resumed; 0: off")
+    options.add_flag("--resume", help="continue a run from the checkpoint chunks it left (needs --checkpoint)")
+    options.add("--progress", default="auto", choices=("auto", "bar", "log", "none"),
+                help="progress display: a bar on a terminal, periodic log lines otherwise (auto)")
+    cfg.add_common_options(options)
+    return parser
+
+
+class _Extend(argparse.Action):
+    """``--x a b --x c`` → [a, b, c]; an environment default (already a list) is replaced, not extended."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: Optional[str] = None) -> None:
+        groups = values if isinstance(values, list) else [values]
+        items = [v for group in groups for v in (group if isinstance(group, list) else [group])]
+        current = getattr(namespace, self.dest)
+        explicit = getattr(namespace, f"_{self.dest}_explicit", False)
+        setattr(namespace, self.dest, [*(current if explicit else []), *items])
+        setattr(namespace, f"_{self.dest}_explicit", True)
+
+
+class ProgressReport:
+    """A one-line bar with events/s and ETA on a terminal; a log line every few seconds otherwise."""
+
+    def __init__(self, mode: str, stream: TextIO) -> None:
+        if mode == "auto":
+            mode = "bar" if stream.isatty() else "log"
+        self.mode = mode
+        self.stream = stream
+        self.next_log = 0.0
+
+    def __call__(self, done: int, total: int, seconds: float) -> None:
+        rate = done / seconds if seconds > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        if self.mode == "bar":
+            width = 30
+            filled = int(width * done / total) if total else width
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events "
+                              f"{rate:6.2f} ev/s ETA {_duration(eta)} ")
+            if done == total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif self.mode == "log" and (time.monotonic() >= self.next_log or done == total):
+            self.next_log = time.monotonic() + PROGRESS_LOG_PERIOD
+            log.info("%d/%d events, %.2f events/s, ETA %s", done, total, rate, _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
+    if not args.input:
+        raise ConfigError("no input file: give --input FILE (or SSNET_CLIENT_INPUT)")
+    if not args.output:
+        raise ConfigError("no output file: give --output FILE (or SSNET_CLIENT_OUTPUT)")
+    return LArCV1JobConfig(
+        inputs=tuple(args.input), output=args.output, producers=tuple(args.producer), service=args.service,
+        broker=args.broker, batch_size=args.batch_size, start=args.start, end=args.end,
+        copy_input=args.copy_input, per_plane=args.per_plane,
+        compression=None if args.compression == "none" else args.compression,
+        checkpoint=args.checkpoint, resume=args.resume,
+        client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window),
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg.configure_logging(args.log_level, "ssnet-client")
+    try:
+        config = config_from_args(args)
+        registry = None
+        if args.metrics_port:
+            from prometheus_client import CollectorRegistry
+
+            from ssnet_common.metrics import serve_metrics
+
+            registry = CollectorRegistry()
+            serve_metrics(registry, args.metrics_port, args.metrics_addr)
+        job = SimpleLArCV1Client(config, registry=registry, progress=None if args.progress == "none"
+                                 else ProgressReport(args.progress, sys.stderr))
+        log.info("processing entries [%d, %d) of %s through service %r at %s", config.start, job.stop,
+                 ", ".join(config.inputs), config.service, config.broker)
+        summary = job.run()
+    except (ConfigError, LArCV1Error) as exc:
+        log.error("%s", exc)
+        return 2
+    except SSNetError as exc:
+        log.error("job failed, no output written: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted, no output written")
+        return 130
+    log.info("wrote %s: %s", config.output, summary.text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""``SimpleLArCV1Client``: Image2D products from LArCV1 files through a service, replies into a LArCV1 file.
+
+For each batch of events (one event by default) it sends, per image, the triplet
+``[producer, meta dump + ":(run,subrun,event)", array]`` (see :mod:`ssnet_common.larcv1msg`), keeps up to
+``window`` requests in flight, and writes every triplet of the reply as an Image2D with that meta under producer
+``name``, in the output entry of the same run/subrun/event.  Output entries are in input order, each input
+event exactly once: results come back in submission order whatever order workers answer in, and a request
+whose worker dies is served again by another (broker) or re-sent (client timeout).
+
+The output file appears only when the whole range succeeded (the writer renames a temporary file).  With
+``checkpoint`` set, finished entries are also kept in chunk files beside the output, so that a run that
+failed half-way can be resumed (``resume=True``) without redoing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+
+from ssnet_client.base import Client, ClientConfig
+from ssnet_common.errors import ConfigError, DataError, LArCV1Error, ProtocolError
+from ssnet_common.larcv1 import (
+    Image2D,
+    LArCV1Entry,
+    LArCV1Reader,
+    LArCV1Writer,
+    list_image2d_producers,
+    load_writer_backend,
+)
+from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_common.protocol import frames_nbytes
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ssnet_client.base import Reply
+
+log = logging.getLogger(__name__)
+
+IMAGE2D = "image2d"
+
+
+@dataclass(frozen=True)
+class LArCV1JobConfig:
+    """What to process and where to write it."""
+
+    inputs: tuple[str, ...]
+    output: str
+    producers: tuple[str, ...]
+    service: str = "dummy"
+    broker: str = "tcp://localhost:5559"
+    batch_size: int = 1
+    start: int = 0
+    end: Optional[int] = None
+    copy_input: bool = False
+    per_plane: bool = False  # one request per image, to service "<service>_plane<p>"
+    compression: Optional[str] = None
+    checkpoint: int = 0  # entries per chunk file (0: no chunk files)
+    resume: bool = False
+    client: ClientConfig = field(default_factory=ClientConfig)
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("no input file given")
+        if not self.producers:
+            raise ConfigError("no Image2D producer given")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.per_plane and self.batch_size != 1:
+            raise ConfigError("per-plane requests send one image each: use batch size 1")
+        if self.start < 0 or (self.end is not None and self.end < self.start):
+            raise ConfigError(f"invalid entry range [{self.start}, {self.end})")
+        if self.checkpoint < 0:
+            raise ConfigError(f"checkpoint must be 0 (off) or a number of entries, got {self.checkpoint}")
+        if self.resume and not self.checkpoint:
+            raise ConfigError("resume needs checkpoint chunks: give a checkpoint size")
+        if Path(self.output).resolve() in {Path(p).resolve() for p in self.inputs}:
+            raise ConfigError(f"output {self.output!r} is also an input")
+
+
+def producers_from_product_dict(product_dict: Mapping[str, Union[str, Sequence[str]]]) -> tuple[str, ...]:
+    """The Image2D producers named by the original design's ``product_dict`` ({product type: producer(s)})."""
+    producers: list[str] = []
+    for kind, names in product_dict.items():
+        if kind.lower() != IMAGE2D:
+            raise ConfigError(f"product type {kind!r} is not supported: only {IMAGE2D!r} (Image2D) is")
+        producers += [names] if isinstance(names, str) else list(names)
+    return tuple(producers)
+
+
+@dataclass
+class JobSummary:
+    events: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    round_trips: list[float] = field(default_factory=list)
+    resumed: int = 0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.round_trips, q)) if self.round_trips else 0.0
+
+    def text(self) -> str:
+        rate = self.events / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.events} events in {self.seconds:.2f} s ({rate:.2f} events/s)"
+            f"{f' after {self.resumed} from checkpoints' if self.resumed else ''}; "
+            f"{self.requests} requests, sent {self.bytes_sent / 1e6:.1f} MB, "
+            f"received {self.bytes_received / 1e6:.1f} MB; "
+            f"round trip p50 {self.percentile(50) * 1e3:.1f} ms, p90 {self.percentile(90) * 1e3:.1f} ms, "
+            f"p99 {self.percentile(99) * 1e3:.1f} ms, max {max(self.round_trips, default=0.0) * 1e3:.1f} ms"
+        )
+
+
+@dataclass
+class _Batch:
+    """Consecutive entries sent together; ``requests`` of them (0 for entries without images)."""
+
+    entries: list[LArCV1Entry]
+    requests: int = 1
+    replies: list[list[ImageProduct]] = field(default_factory=list)
+
+
+Progress = Callable[[int, int, float], None]
+"""Called as ``progress(done, total, seconds)`` after each written entry."""
+
+
+class SimpleLArCV1Client:
+    """Processes ``config``'s entry range through ``config.service`` and writes ``config.output``."""
+
+    def __init__(self, config: LArCV1JobConfig, *, registry: Optional[CollectorRegistry] = None,
+                 progress: Optional[Progress] = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.progress = progress
+        self.reader = LArCV1Reader(list(config.inputs), producers=list(config.producers))
+        load_writer_backend()  # fail now if ROOT is missing, and do not stall the first replies later
+        total = len(self.reader)
+        self.stop = total if config.end is None else min(config.end, total)
+        if self.stop <= config.start:
+            raise ConfigError(f"no entries to process: range [{config.start}, {self.stop}) of {total} entries")
+        self.chunks = Path(str(config.output) + ".chunks")
+
+    @classmethod
+    def from_product_dict(cls, inputs: Sequence[str], output: str,
+                          product_dict: Mapping[str, Union[str, Sequence[str]]], *, batch_size: int = 1,
+                          service: str = "dummy", broker: str = "tcp://localhost:5559", **options: Any
+                          ) -> SimpleLArCV1Client:
+        """The original design's constructor: input file(s), output file, product_dict, batch size, service, broker."""
+        config = LArCV1JobConfig(tuple(inputs), output, producers_from_product_dict(product_dict), service, broker,
+                                 batch_size, **options)
+        return cls(config)
+
+    # -------------------------------------------------------------------------------------------- the job
+    def run(self) -> JobSummary:
+        summary = JobSummary()
+        began = time.monotonic()
+        start = self.config.start
+        done_chunks: list[Path] = []
+        if self.config.checkpoint:
+            done_chunks, start = self._prepare_chunks(start, summary)
+        elif self.chunks.exists():
+            raise ConfigError(f"{self.chunks} holds checkpoints of an earlier run: resume it or remove it")
+        total = self.stop - self.config.start
+        with Client(self.config.broker, self.config.client, registry=self.registry) as client:
+            writer = _OutputWriter(self, summary, start)
+            try:
+                for batch, replies in self._exchange(client, self.reader.iter_range(start, self.stop), summary):
+                    for entry, products in zip(batch.entries, _per_entry(batch, replies)):
+                        writer.write(entry, products)
+                        summary.events += 1
+                        if self.progress is not None:
+                            self.progress(summary.events + summary.resumed, total, time.monotonic() - began)
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+        if self.config.checkpoint:
+            self._assemble(done_chunks + writer.chunk_files)
+        summary.seconds = time.monotonic() - began
+        return summary
+
+    def _exchange(self, client: Client, entries: Iterator[LArCV1Entry], summary: JobSummary
+                  ) -> Iterator[tuple[_Batch, list[list[ImageProduct]]]]:
+        """Batches in input order, each with its decoded replies (one per request)."""
+        sent: deque[_Batch] = deque()
+
+        def requests() -> Iterator[tuple[str, list[Any]]]:
+            for batch in self._batches(entries):
+                batch.requests = 0
+                sent.append(batch)
+                for service, payload in self._requests(batch):
+                    batch.requests += 1
+                    summary.requests += 1
+                    summary.bytes_sent += frames_nbytes(payload)
+                    yield service, payload
+
+        def flush_ready() -> Iterator[tuple[_Batch, list[list[ImageProduct]]]]:
+            while sent and len(sent[0].replies) == sent[0].requests:
+                batch = sent.popleft()
+                yield batch, batch.replies
+
+        for reply in client.imap(requests()):
+            yield from flush_ready()  # batches without images sent before this reply's batch
+            batch = sent[0]
+            summary.bytes_received += frames_nbytes(reply.payload)
+            summary.round_trips.append(reply.rtt)
+            batch.replies.append(self._decode(batch, reply))
+            yield from flush_ready()
+        yield from flush_ready()
+        if sent:
+            raise ProtocolError(f"{len(sent)} batches were left without replies")  # cannot happen: imap is exhaustive
+
+    # ----------------------------------------------------------------------------------------- requests
+    def _batches(self, entries: Iterator[LArCV1Entry]) -> Iterator[_Batch]:
+        """Consecutive entries of identical image layout, at most ``batch_size`` each; empty entries alone."""
+        batch: list[LArCV1Entry] = []
+        layout: Optional[tuple[Any, ...]] = None
+        for entry in entries:
+            shape = _layout(entry)
+            if batch and (shape != layout or len(batch) == self.config.batch_size or not shape):
+                yield _Batch(batch)
+                batch = []
+            batch.append(entry)
+            layout = shape
+        if batch:
+            yield _Batch(batch)
+
+    def _requests(self, batch: _Batch) -> Iterator[tuple[str, list[Any]]]:
+        """One request with every image of the batch; or, per plane, one request per image."""
+        products = list(self._products(batch))
+        if not products:
+            return
+        if not self.config.per_plane:
+            yield self.config.service, encode_images(products, self.config.compression)
+            return
+        for product in products:
+            plane = product.items[0][0].plane
+            yield f"{self.config.service}_plane{plane}", encode_images([product], self.config.compression)
+
+    def _products(self, batch: _Batch) -> Iterator[ImageProduct]:
+        """Per producer and image position, the image of every entry of the batch, stacked."""
+        entries = batch.entries
+        ids = [EventId(e.run, e.subrun, e.event) for e in entries]
+        for producer in self.config.producers:
+            for index in range(len(entries[0].products[producer])):
+                images = [entry.products[producer][index] for entry in entries]
+                items = tuple((image.meta, event) for image, event in zip(images, ids))
+                array = images[0].pixels[np.newaxis] if len(images) == 1 else np.stack([i.pixels for i in images])
+                yield ImageProduct(producer, items, array)
+
+    def _decode(self, batch: _Batch, reply: Reply) -> list[ImageProduct]:
+        try:
+            products = decode_images(reply.payload)
+        except ProtocolError as exc:
+            raise ProtocolError(f"reply for entries {_span(batch)} is not a LArCV1 image message: {exc}") from None
+        expected = tuple(EventId(e.run, e.subrun, e.event) for e in batch.entries)
+        for product in products:
+            if product.ids != expected:
+                raise ProtocolError(
+                    f"reply product {product.name!r} for entries {_span(batch)} carries event ids "
+                    f"{[str(i) for i in product.ids]}, sent {[str(i) for i in expected]}"
+                )
+        return products
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def _prepare_chunks(self, start: int, summary: JobSummary) -> tuple[list[Path], int]:
+        """Chunk files of an earlier run (with ``resume``), checked against the input; the next entry to do."""
+        if self.chunks.exists() and not self.config.resume:
+            raise ConfigError(f"{self.chunks} holds checkpoints of an earlier run: resume it or remove it")
+        self.chunks.mkdir(parents=True, exist_ok=True)
+        done = []
+        for path in sorted(self.chunks.glob("entries-*.root")):
+            first, last = (int(n) for n in path.stem.split("-")[1:3])
+            if first != start:
+                raise LArCV1Error(f"checkpoint chunk does not start at entry {start}", path=str(path))
+            chunk = LArCV1Reader([str(path)], producers=list_image2d_producers(path))
+            if len(chunk) != last - first:
+                raise LArCV1Error(f"checkpoint holds {len(chunk)} entries, its name says {last - first}",
+                                  path=str(path))
+            for offset, entry in enumerate(chunk):
+                original = self.reader[first + offset]
+                if (entry.run, entry.subrun, entry.event) != (original.run, original.subrun, original.event):
+                    raise LArCV1Error("checkpoint entry does not match the input", path=str(path), entry=offset)
+            done.append(path)
+            start = last
+        summary.resumed = start - self.config.start
+        if done:
+            log.info("resuming after %d entries found in %d checkpoint chunks", summary.resumed, len(done))
+        return done, start
+
+    def _assemble(self, chunk_files: list[Path]) -> None:
+        """With checkpoints, the output is the concatenation of the chunks; then the chunks go."""
+        producers = list_image2d_producers(chunk_files[0])
+        with LArCV1Writer(self.config.output, producers) as out:
+            for path in chunk_files:
+                if list_image2d_producers(path) != producers:
+                    raise LArCV1Error(f"checkpoint chunk has other producers than {producers}", path=str(path))
+                for entry in LArCV1Reader([str(path)], producers=producers):
+                    out.copy_entry(entry)
+        shutil.rmtree(self.chunks)
+
+
+class _OutputWriter:
+    """Writes output entries: straight into the output file, or into checkpoint chunks."""
+
+    def __init__(self, job: SimpleLArCV1Client, summary: JobSummary, start: int) -> None:
+        self.job = job
+        self.config = job.config
+        self.next_entry = start
+        self.producers: list[str] = []
+        self.chunk_files: list[Path] = []
+        self._pending: list[tuple[LArCV1Entry, dict[str, list[Image2D]]]] = []  # before the producers are known
+        self._writer: Optional[LArCV1Writer] = None
+        self._chunk_start = start
+
+    def write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> None:
+        if self.config.copy_input:
+            for name in products:
+                if name in self.config.producers:
+                    raise DataError(f"reply product {name!r} has the name of an input producer copied to the output")
+            products = {**{p: list(entry.products[p]) for p in self.config.producers}, **products}
+        if not self.producers:
+            if not products or not any(products.values()):
+                self._pending.append((entry, products))  # no names yet: wait for the first reply with images
+                return
+            self.producers = list(products)
+        for name in products:
+            if name not in self.producers:
+                raise DataError(
+                    f"entry {entry.entry}: reply product {name!r} was not in the first reply ({self.producers})"
+                )
+        for held, held_products in self._pending:
+            self._write(held, held_products)
+        self._pending.clear()
+        self._write(entry, products)
+
+    def _write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> None:
+        if self._writer is None:
+            self._writer = LArCV1Writer(self._target(), self.producers).__enter__()
+        self._writer.write_entry(entry.run, entry.subrun, entry.event, products)
+        self.next_entry += 1
+        if self.config.checkpoint and self.next_entry - self._chunk_start >= self.config.checkpoint:
+            self._close_chunk()
+
+    def _target(self) -> str:
+        if not self.config.checkpoint:
+            return self.config.output
+        self._chunk_start = self.next_entry
+        return str(self.job.chunks / "pending.root")
+
+    def _close_chunk(self) -> None:
+        assert self._writer is not None
+        self._writer.__exit__(None, None, None)
+        self._writer = None
+        final = self.job.chunks / f"entries-{self._chunk_start:09d}-{self.next_entry:09d}.root"
+        (self.job.chunks / "pending.root").rename(final)
+        self.chunk_files.append(final)
+
+    def finish(self) -> None:
+        if self._pending:  # no entry of the range had images: the output keeps the input producers' names
+            self.producers = list(self.config.producers)
+            for held, products in self._pending:
+                self._write(held, products)
+            self._pending.clear()
+        if self._writer is not None:
+            if self.config.checkpoint:
+                self._close_chunk()
+            else:
+                self._writer.__exit__(None, None, None)
+                self._writer = None
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.__exit__(RuntimeError, RuntimeError("job failed"), None)
+            self._writer = None
+
+
+def _layout(entry: LArCV1Entry) -> tuple[Any, ...]:
+    """What must be equal for entries to share a batch: per producer, the image shapes in order."""
+    shapes = tuple((p, tuple(image.meta.shape for image in images)) for p, images in entry.products.items())
+    return shapes if any(images for _, images in shapes) else ()
+
+
+def _per_entry(batch: _Batch, replies: list[list[ImageProduct]]) -> list[dict[str, list[Image2D]]]:
+    """Split the batch's reply products into one {name: images} per entry, in reply order."""
+    out: list[dict[str, list[Image2D]]] = [{} for _ in batch.entries]
+    for products in replies:
+        for product in products:
+            for index, (meta, _) in enumerate(product.items):
+                out[index].setdefault(product.name, []).append(Image2D(meta, product.array[index]))
+    return out
+
+
+def _span(batch: _Batch) -> str:
+    first, last = batch.entries[0].entry, batch.entries[-1].entry
+    return str(first) if first == last else f"{first}-{last}"

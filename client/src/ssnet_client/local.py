@@ -1,0 +1,147 @@
+"""``ssnet-local``: the whole system on one machine without Docker.
+
+Starts a broker and N workers as subprocesses on private ``ipc://`` endpoints, runs the LArCV1 client job
+to completion in this process, stops everything, and exits non-zero if anything failed.  By default it sends
+the repository's demo file through DummyLArCV1 workers; ``--kind echo`` sends every image through the system
+and back unchanged (the output then holds the input's images: the round-trip check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+from ssnet_client.base import Client, ClientConfig
+from ssnet_client.cli import ProgressReport
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_common import config as cfg
+from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
+
+log = logging.getLogger(__name__)
+
+DEMO_FILE = Path("data") / "demo" / "ssnet_demo.root"
+STARTUP_TIMEOUT = 60.0  # seconds for the workers to register (model loading included)
+KINDS = ("dummy", "echo")
+
+
+def default_input() -> str:
+    """The demo file: under the current directory, else in the source checkout this package runs from."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        if (base / DEMO_FILE).is_file():
+            return str(base / DEMO_FILE)
+    return str(DEMO_FILE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssnet-local",
+        description="Run broker, workers and the LArCV1 client job on this machine (no Docker): process a LArCV1 "
+                    "file through N workers and write the output file; exits non-zero if anything failed.",
+    )
+    options = cfg.EnvOptions(parser, "SSNET_LOCAL_")
+    options.add("--kind", default="dummy", choices=KINDS,
+                help="worker kind: dummy (zeros named 'dummy', as the original design) or echo (images back unchanged)")
+    options.add("--workers", default=2, type=cfg.positive_int, help="number of worker processes")
+    options.add("--input", default=None, help="input LArCV1 file (default: the repository's demo file)")
+    options.add("--output", default=None, help="output LArCV1 file (default: out/<input name>_<kind>.root)")
+    options.add("--producer", default="wire", help="Image2D producer to send")
+    options.add("--batch-size", default=1, type=cfg.positive_int, help="events per request")
+    options.add("--window", default=8, type=cfg.positive_int, help="requests in flight at once")
+    options.add("--heartbeat-interval", default=1.0, type=cfg.positive_float,
+                help="broker/worker heartbeat interval (seconds)")
+    options.add("--log-level", default="INFO", type=cfg.log_level, help="logging level of every process")
+    return parser
+
+
+@contextmanager
+def services(
+    kind: str, workers: int, heartbeat: float, log_level: str
+) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A broker and ``workers`` workers of ``kind`` on private endpoints; yields (frontend, worker processes)."""
+    root = Path(tempfile.mkdtemp(prefix="ssnet-local-"))
+    frontend, backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
+    common = ["--heartbeat-interval", str(heartbeat), "--log-level", log_level]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ssnet_broker", "--frontend", frontend, "--backend", backend, *common]))
+        worker_procs = [
+            subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, "--kind", kind, *common])
+            for _ in range(workers)
+        ]
+        procs += worker_procs
+        yield frontend, worker_procs
+    finally:
+        for proc in reversed(procs):  # workers first, so they can say goodbye to the broker
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(procs):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                log.warning("process %d did not stop in time: killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for_workers(frontend: str, service: str, workers: list[subprocess.Popen[bytes]]) -> None:
+    """Ask the broker (MMI) until ``service`` has a worker; fail early if every worker has exited."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    with Client(frontend, ClientConfig(timeout=1.0, retries=0)) as client:
+        while True:
+            try:
+                if client.has_service(service):
+                    return
+            except SSNetError:
+                pass  # broker still starting: ask again
+            if all(w.poll() is not None for w in workers):
+                codes = [w.returncode for w in workers]
+                raise ConfigError(f"every worker exited before registering (exit codes {codes})")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no worker registered for service {service!r} within {STARTUP_TIMEOUT:g} s")
+            time.sleep(0.1)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg.configure_logging(args.log_level, "ssnet-local")
+    source = args.input or default_input()
+    output = args.output or str(Path("out") / f"{Path(source).stem}_{args.kind}.root")
+    try:
+        if not Path(source).is_file():
+            raise ConfigError(f"input file {source!r} does not exist")
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with services(args.kind, args.workers, args.heartbeat_interval, args.log_level) as (frontend, workers):
+            wait_for_workers(frontend, args.kind, workers)
+            config = LArCV1JobConfig(
+                inputs=(source,), output=output, producers=(args.producer,), service=args.kind, broker=frontend,
+                batch_size=args.batch_size, client=ClientConfig(window=args.window),
+            )
+            summary = SimpleLArCV1Client(config, progress=ProgressReport("auto", sys.stderr)).run()
+    except (ConfigError, LArCV1Error) as exc:
+        log.error("%s", exc)
+        return 2
+    except SSNetError as exc:
+        log.error("job failed, no output written: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted, no output written")
+        return 130
+    log.info("wrote %s: %s", os.fspath(output), summary.text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
