@@ -87,6 +87,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -153,5 +163,5 @@ def configure_logging(level: str, name: str) -> None:
 
 __all__ = [
     "ConfigError", "EnvOptions", "add_common_options", "configure_logging", "endpoint", "log_level",
-    "non_negative_int", "parse_bool", "port_number", "positive_float", "positive_int",
+    "non_negative_float", "non_negative_int", "parse_bool", "port_number", "positive_float", "positive_int",
 ]

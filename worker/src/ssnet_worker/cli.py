@@ -46,6 +46,7 @@ from ssnet_common.config import (
     add_common_options,
     configure_logging,
     endpoint,
+    non_negative_float,
     positive_float,
     positive_int,
 )
@@ -67,10 +68,16 @@ class WorkerKind:
     add_options: Optional[Callable[[EnvOptions], None]] = None
 
 
+def _dummy_options(options: EnvOptions) -> None:
+    options.add("--dummy-delay", default=0.0, type=non_negative_float,
+                help="dummy kind: seconds each request takes, to simulate a network (debugging, tests)")
+
+
 KINDS: dict[str, WorkerKind] = {
     "dummy": WorkerKind(
         "replies zeros shaped like the first LArCV1 image product (original dummy worker)",
-        lambda config, args, registry: DummyLArCV1Worker(config, registry=registry),
+        lambda config, args, registry: DummyLArCV1Worker(config, registry=registry, delay=args.dummy_delay),
+        _dummy_options,
     ),
     "echo": WorkerKind(
         "replies with the request payload unchanged",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,8 +25,14 @@ class DummyLArCV1Worker(Worker):
 
     OUTPUT_NAME = "dummy"
 
+    def __init__(self, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay = delay  # simulated processing time per request, for debugging a deployment and for tests
+
     def handle(self, payload: list[Frame]) -> Sequence[Frame]:
         products = decode_images(payload)
+        if self.delay:
+            time.sleep(self.delay)
         log.info(
             "received %d image product(s): %s", len(products),
             ", ".join(f"{p.name} {p.array.shape} {p.array.dtype}" for p in products),

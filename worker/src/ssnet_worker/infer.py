@@ -1,0 +1,153 @@
+"""``ssnet-infer``: run one engine over the images of a ``.npy`` file, offline, with no broker.
+
+    ssnet-infer --engine caffe --prototxt net.prototxt --weights net.caffemodel --input in.npy --output out.npy
+
+The input is an N x C x H x W array (C as the net declares, 1 for SSNet); every image goes through the net on
+its own (batch size 1: BatchNorm uses the statistics of the batch) and the N x K x H x W output blob
+(``softmax``) is written to ``--output`` atomically (a temporary file beside it, renamed when complete).  A bad
+option, file or input is one line on stderr, exit status 1 (2 for a usage error), and no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ssnet_common.config import (
+    EnvOptions,
+    configure_logging,
+    log_level,
+    non_negative_int,
+    positive_int,
+)
+from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, make_engine
+
+log = logging.getLogger("ssnet_worker.infer")
+
+
+class InputError(SSNetError):
+    """The input file cannot be used (missing, not a .npy array, wrong shape)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssnet-infer",
+        description="Run a Caffe net (SSNet) on each image of an N x C x H x W .npy file and save the output blob.",
+    )
+    options = EnvOptions(parser, prefix="SSNET_INFER_")
+    options.add("--engine", default="auto", choices=(*ENGINE_NAMES, "auto"),
+                help="inference engine: genuine Caffe, OpenCV DNN, or auto (caffe when importable)")
+    options.add("--prototxt", default=None, help="the net's .prototxt (required)")
+    options.add("--weights", default=None, help="the net's .caffemodel (required)")
+    options.add("--input", default=None, help="input .npy file: N x C x H x W float32 (required)")
+    options.add("--output", default=None, help="output .npy file for the N x K x H x W output blob (required)")
+    options.add("--output-blob", default=DEFAULT_OUTPUT, help="name of the blob to save")
+    options.add("--gpu", default=None, type=non_negative_int, help="CUDA device id (caffe engine only; unset: CPU)")
+    options.add("--threads", default=None, type=positive_int,
+                help="CPU threads for the engine's compute library (unset: the library's own setting)")
+    options.add("--log-level", default="INFO", type=log_level, help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    return parser
+
+
+def load_input(path: str) -> np.ndarray:
+    """The input array, memory-mapped: N x C x H x W with N >= 1 and real-valued pixels."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"input {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"input {path}: is a directory, not a .npy file") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"input {path}: not a readable .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray):
+        raise InputError(f"input {path}: holds several arrays (.npz); give one N x C x H x W .npy array")
+    if array.ndim != 4 or array.shape[0] < 1:
+        raise InputError(f"input {path}: shape {'x'.join(map(str, array.shape)) or 'scalar'} is not "
+                         "N x C x H x W with N >= 1")
+    if array.dtype.kind not in "fiu":
+        raise InputError(f"input {path}: dtype {array.dtype} is not a real number type (float32 expected)")
+    return array
+
+
+def check_output_path(path: str) -> Path:
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"output {path}: is a directory")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"output {path}: directory {parent} is not writable")
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    inputs = load_input(args.input)
+    output = check_output_path(args.output)
+    engine = make_engine(args.engine, args.prototxt, args.weights, args.gpu, threads=args.threads,
+                         output=args.output_blob)
+    engine.check_input(np.zeros((1, *inputs.shape[1:]), dtype=np.float32))  # every image has this shape
+    n = inputs.shape[0]
+    log.info("engine %s; %d image(s) of %s from %s", engine.describe(), n,
+             "x".join(map(str, inputs.shape[1:])), args.input)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        result: Optional[np.ndarray] = None
+        times: List[float] = []
+        for i in range(n):
+            start = time.perf_counter()
+            out = engine.forward(np.asarray(inputs[i:i + 1]))
+            times.append(time.perf_counter() - start)
+            if result is None:
+                result = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.float32, shape=(n, *out.shape[1:]))
+            result[i] = out[0]
+            log.info("image %d/%d: %.3f s", i + 1, n, times[-1])
+        assert result is not None
+        result.flush()
+        del result
+        os.chmod(tmp_name, 0o644 & ~_umask())
+        os.replace(tmp_name, output)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    log.info("wrote %s: %d image(s) in %.3f s (%.3f s per image, first %.3f s)", output, n, sum(times),
+             sum(times) / n, times[0])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("prototxt", "weights", "input", "output"):
+        if getattr(args, name) is None:
+            parser.error(f"--{name} is required (or SSNET_INFER_{name.upper()})")
+    configure_logging(args.log_level, "ssnet-infer")
+    try:
+        run(args)
+    except (SSNetError, ValueError, RuntimeError, OSError) as exc:
+        sys.stderr.write(f"ssnet-infer: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("ssnet-infer: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
