@@ -1,0 +1,161 @@
+"""Transport benchmark: one 3-plane 512x512 float32 event echoed, three ways, in one run.
+
+1. through the broker: ``Client`` → ``ssnet-broker`` → ``EchoWorker`` and back (the production path);
+2. direct: a DEALER sending the same codec frames to a ROUTER echo server (no broker: the floor);
+3. pickle: the list of arrays pickled over REQ/REP (what a naive design would do).
+
+Servers run as subprocesses on ``ipc://`` endpoints; every path sends the same event the same number of
+times, sequentially (latency) and with several requests in flight (throughput).  Prints round-trip times,
+events/s and the ratios.  Usage: ``python bench/transport.py [--events N] [--window W]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle  # the baseline being measured against; never used by the project itself
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from ssnet_client import Client, ClientConfig
+from ssnet_common.ndarray import decode_arrays, encode_arrays
+
+EVENT = [np.random.default_rng(seed).random((512, 512), dtype=np.float32) for seed in range(3)]
+EVENT_BYTES = sum(a.nbytes for a in EVENT)
+
+
+def serve(kind: str, endpoint: str) -> None:
+    """Echo server for the baselines (run in a subprocess)."""
+    context = zmq.Context.instance()
+    if kind == "router":
+        sock = context.socket(zmq.ROUTER)
+        sock.bind(endpoint)
+        while True:
+            frames = sock.recv_multipart(copy=False)
+            sock.send_multipart(frames, copy=False)
+    else:
+        sock = context.socket(zmq.REP)
+        sock.bind(endpoint)
+        while True:
+            arrays = pickle.loads(sock.recv())  # noqa: S301 - baseline only, trusted local peer
+            sock.send(pickle.dumps(arrays, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def timed(events: int, one: Callable[[], None]) -> list[float]:
+    one()  # warm up connections and caches
+    times = []
+    for _ in range(events):
+        start = time.perf_counter()
+        one()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def through_broker(frontend: str, events: int, window: int) -> tuple[list[float], float]:
+    with Client(frontend, ClientConfig(timeout=60, retries=0, window=window)) as client:
+        payload = encode_arrays(EVENT)
+
+        def one() -> None:
+            arrays = decode_arrays(client.request("echo", payload))
+            assert arrays[2].shape == (512, 512)
+
+        latencies = timed(events, one)
+        start = time.perf_counter()
+        for reply in client.imap(("echo", payload) for _ in range(events)):
+            decode_arrays(reply.payload)
+        return latencies, events / (time.perf_counter() - start)
+
+
+def direct(endpoint: str, events: int, window: int) -> tuple[list[float], float]:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    payload = encode_arrays(EVENT)
+
+    def one() -> None:
+        sock.send_multipart(payload, copy=False)
+        assert decode_arrays(sock.recv_multipart(copy=False))[2].shape == (512, 512)
+
+    latencies = timed(events, one)
+    start = time.perf_counter()
+    sent = received = 0
+    while received < events:
+        while sent < events and sent - received < window:
+            sock.send_multipart(payload, copy=False)
+            sent += 1
+        decode_arrays(sock.recv_multipart(copy=False))
+        received += 1
+    rate = events / (time.perf_counter() - start)
+    sock.close()
+    return latencies, rate
+
+
+def pickled(endpoint: str, events: int) -> tuple[list[float], float]:
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(endpoint)
+
+    def one() -> None:
+        sock.send(pickle.dumps(EVENT, protocol=pickle.HIGHEST_PROTOCOL))
+        assert pickle.loads(sock.recv())[2].shape == (512, 512)  # noqa: S301 - baseline only
+
+    latencies = timed(events, one)
+    sock.close()
+    return latencies, 1 / statistics.mean(latencies)  # REQ/REP cannot pipeline: throughput = 1 / latency
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200, help="events per path")
+    parser.add_argument("--window", type=int, default=4, help="requests in flight for the throughput runs")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ssnet-bench-"))
+    frontend, backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
+    router, rep = f"ipc://{root}/router", f"ipc://{root}/rep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "ssnet_broker", "--frontend", frontend, "--backend", backend,
+                          "--log-level", "WARNING"], env=env),
+        subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, "--kind", "echo",
+                          "--log-level", "WARNING"], env=env),
+        subprocess.Popen([sys.executable, __file__, "--serve", "router", router], env=env),
+        subprocess.Popen([sys.executable, __file__, "--serve", "rep", rep], env=env),
+    ]
+    try:
+        with Client(frontend, ClientConfig(timeout=1, retries=30)) as client:
+            while not client.has_service("echo"):
+                time.sleep(0.05)
+        results = {
+            "broker (Client -> broker -> EchoWorker)": through_broker(frontend, args.events, args.window),
+            "direct DEALER <-> ROUTER": direct(router, args.events, args.window),
+            "pickle over REQ/REP": pickled(rep, args.events),
+        }
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+    print(f"event: 3 x 512x512 float32 = {EVENT_BYTES / 1e6:.1f} MB; {args.events} events per path; "
+          f"throughput with {args.window} in flight; {os.cpu_count()} cores")
+    print(f"{'path':42s} {'median rtt ms':>14s} {'p90 ms':>8s} {'events/s':>9s} {'MB/s':>8s}")
+    for name, (latencies, rate) in results.items():
+        print(f"{name:42s} {statistics.median(latencies) * 1e3:14.2f} "
+              f"{np.percentile(latencies, 90) * 1e3:8.2f} {rate:9.1f} {rate * EVENT_BYTES / 1e6:8.0f}")
+    broker, direct_, pickle_ = (results[k] for k in results)
+    print(f"ratio broker/direct   latency {statistics.median(broker[0]) / statistics.median(direct_[0]):.2f}x, "
+          f"throughput {broker[1] / direct_[1]:.2f}x")
+    print(f"ratio broker/pickle   latency {statistics.median(broker[0]) / statistics.median(pickle_[0]):.2f}x, "
+          f"throughput {broker[1] / pickle_[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], sys.argv[3])
+    else:
+        main()
