@@ -25,7 +25,8 @@ if [ ! -x .venv/bin/python ]; then "$PY311" -m venv .venv; fi
 PY39=$(find_python 3.9 || true)
 if [ -n "$PY39" ]; then
   if [ ! -x .venv39/bin/python ]; then "$PY39" -m venv .venv39; fi
-  .venv39/bin/python -m pip install "${pip_quiet[@]}" pytest pytest-timeout -e 'common[metrics]' -e worker
+  .venv39/bin/python -m pip install "${pip_quiet[@]}" pytest pytest-timeout hypothesis uproot \
+    -e 'common[metrics]' -e worker
 else
   echo "bootstrap: no Python 3.9 found; the 3.9 test run will be skipped" >&2
 fi

@@ -63,9 +63,20 @@ class EnvOptions:
             except ValueError as exc:
                 self.parser.error(f"environment variable {name}: {exc}")
         self.parser.add_argument(
-            flag, default=default, action=argparse.BooleanOptionalAction,
-            help=f"{help} [env {name}; default: {default}]",
+            flag, default=default, action=_FlagAction, help=f"{help} [env {name}; default: {default}]"
         )
+
+
+class _FlagAction(argparse.Action):
+    """``--flag`` / ``--no-flag`` (like ``argparse.BooleanOptionalAction``, whose help differs across Pythons)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        negated = [f"--no-{flag[2:]}" for flag in option_strings if flag.startswith("--")]
+        super().__init__([*option_strings, *negated], dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: Optional[str] = None) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
 
 
 def parse_bool(text: str) -> bool:
