@@ -1,0 +1,77 @@
+"""Every command explains every option, and the environment variable that sets its default, in --help."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from ssnet_broker.cli import build_parser as broker_parser
+from ssnet_broker.cli import main as broker_main
+from ssnet_client.cli import build_parser as client_parser
+from ssnet_client.local import build_parser as local_parser
+from ssnet_worker.cli import build_parser as worker_parser
+
+PARSERS = {
+    "ssnet-broker": broker_parser,
+    "ssnet-worker": worker_parser,
+    "ssnet-client": client_parser,
+    "ssnet-local": local_parser,
+}
+PREFIXES = {"ssnet-broker": "SSNET_BROKER_", "ssnet-worker": "SSNET_WORKER_", "ssnet-client": "SSNET_CLIENT_",
+            "ssnet-local": "SSNET_LOCAL_"}
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+
+
+@pytest.mark.parametrize("command", sorted(PARSERS))
+def test_every_option_has_help_and_names_its_variable(command: str) -> None:
+    parser = PARSERS[command]()
+    for action in options(parser):
+        assert action.help and len(action.help) > 15, action.option_strings
+        long = next(s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-"))
+        variable = PREFIXES[command] + long[2:].replace("-", "_").upper()
+        assert f"[env {variable}; default: " in action.help, (command, long, action.help)
+    assert parser.format_help()  # formats without error (e.g. no stray % in defaults)
+
+
+def test_broker_option_set_that_users_scripts_rely_on() -> None:
+    args = broker_parser().parse_args([
+        "--frontend", "tcp://*:6000", "--backend", "ipc:///tmp/b", "--heartbeat-interval", "0.5",
+        "--heartbeat-liveness", "5", "--queue-timeout", "12.5", "--metrics-port", "9100",
+    ])
+    assert (args.frontend, args.backend, args.heartbeat_interval, args.heartbeat_liveness, args.queue_timeout,
+            args.metrics_port) == ("tcp://*:6000", "ipc:///tmp/b", 0.5, 5, 12.5, 9100)
+    defaults = broker_parser().parse_args([])
+    assert (defaults.frontend, defaults.backend) == ("tcp://*:5559", "tcp://*:5560")
+
+
+def test_broker_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"FRONTEND": "tcp://*:7000", "BACKEND": "tcp://*:7001", "HEARTBEAT_INTERVAL": "0.25",
+                        "HEARTBEAT_LIVENESS": "4", "QUEUE_TIMEOUT": "3", "METRICS_PORT": "9200"}.items():
+        monkeypatch.setenv(f"SSNET_BROKER_{name}", value)
+    args = broker_parser().parse_args([])
+    assert (args.frontend, args.backend, args.heartbeat_interval, args.heartbeat_liveness, args.queue_timeout,
+            args.metrics_port) == ("tcp://*:7000", "tcp://*:7001", 0.25, 4, 3.0, 9200)
+
+
+def test_bad_environment_value_is_a_clear_usage_error(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SSNET_BROKER_HEARTBEAT_INTERVAL", "soon")
+    with pytest.raises(SystemExit) as exc:
+        broker_main([])
+    assert exc.value.code == 2
+    assert "SSNET_BROKER_HEARTBEAT_INTERVAL='soon'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["ssnet_broker", "ssnet_worker", "ssnet_client.cli", "ssnet_client.local",
+                                    "ssnet_client.larcv1_cli"])
+def test_help_runs_as_a_command(module: str) -> None:
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
