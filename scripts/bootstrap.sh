@@ -20,7 +20,7 @@ pip_quiet=(--quiet --disable-pip-version-check)
 
 if [ ! -x .venv/bin/python ]; then "$PY311" -m venv .venv; fi
 .venv/bin/python -m pip install "${pip_quiet[@]}" -r requirements-dev.txt \
-  -e 'common[metrics]' -e broker -e worker -e 'client[larcv1]'
+  -e 'common[metrics]' -e broker -e 'worker[opencv]' -e 'client[larcv1]'
 
 PY39=$(find_python 3.9 || true)
 if [ -n "$PY39" ]; then

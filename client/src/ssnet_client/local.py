@@ -3,7 +3,8 @@
 Starts a broker and N workers as subprocesses on private ``ipc://`` endpoints, runs the LArCV1 client job
 to completion in this process, stops everything, and exits non-zero if anything failed.  By default it sends
 the repository's demo file through DummyLArCV1 workers; ``--kind echo`` sends every image through the system
-and back unchanged (the output then holds the input's images: the round-trip check).
+and back unchanged (the output then holds the input's images: the round-trip check); ``--kind ssnet`` runs the
+SSNet chain (the repository's tiny model by default, any model directory with ``--model-dir``).
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 log = logging.getLogger(__name__)
 
 DEMO_FILE = Path("data") / "demo" / "ssnet_demo.root"
-STARTUP_TIMEOUT = 60.0  # seconds for the workers to register (model loading included)
-KINDS = ("dummy", "echo")
+TINY_MODEL = Path("models") / "tiny"
+STARTUP_TIMEOUT = 120.0  # seconds for the workers to register (model loading included)
+KINDS = ("dummy", "echo", "ssnet")
+PLANES = (0, 1, 2)
 
 
-def default_input() -> str:
-    """The demo file: under the current directory, else in the source checkout this package runs from."""
+def shipped(path: Path) -> str:
+    """A file shipped with the repository: under the current directory, else in the checkout this runs from."""
     for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        if (base / DEMO_FILE).is_file():
-            return str(base / DEMO_FILE)
-    return str(DEMO_FILE)
+        if (base / path).exists():
+            return str(base / path)
+    return str(path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,15 +63,34 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--window", default=8, type=cfg.positive_int, help="requests in flight at once")
     options.add("--heartbeat-interval", default=1.0, type=cfg.positive_float,
                 help="broker/worker heartbeat interval (seconds)")
+    options.add_flag("--per-plane", help="ssnet: one request per plane to services ssnet_plane<p>, with "
+                                         "--workers workers for each plane")
+    options.add("--model-dir", default=None, help="ssnet: model directory (default: the repository's tiny model)")
+    options.add("--weights", default=None, help="ssnet: per-plane weights, as ssnet-worker --weights")
+    options.add("--engine", default="auto", choices=("caffe", "opencv", "auto"), help="ssnet: inference engine")
     options.add("--log-level", default="INFO", type=cfg.log_level, help="logging level of every process")
     return parser
 
 
+def worker_commands(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
+    """The service the client asks for, and one ``ssnet-worker`` argument list per worker to start."""
+    kind_args = ["--kind", args.kind]
+    if args.kind == "ssnet":
+        kind_args += ["--model-dir", args.model_dir or shipped(TINY_MODEL), "--engine", args.engine]
+        if args.weights:
+            kind_args += ["--weights", args.weights]
+    if not args.per_plane:
+        return args.kind, [kind_args] * args.workers
+    if args.kind != "ssnet":
+        raise ConfigError("--per-plane needs --kind ssnet")
+    return args.kind, [[*kind_args, "--service", f"ssnet_plane{p}"] for p in PLANES for _ in range(args.workers)]
+
+
 @contextmanager
 def services(
-    kind: str, workers: int, heartbeat: float, log_level: str
+    workers: list[list[str]], heartbeat: float, log_level: str
 ) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    """A broker and ``workers`` workers of ``kind`` on private endpoints; yields (frontend, worker processes)."""
+    """A broker and one worker per argument list on private endpoints; yields (frontend, worker processes)."""
     root = Path(tempfile.mkdtemp(prefix="ssnet-local-"))
     frontend, backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
     common = ["--heartbeat-interval", str(heartbeat), "--log-level", log_level]
@@ -77,23 +99,29 @@ def services(
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "ssnet_broker", "--frontend", frontend, "--backend", backend, *common]))
         worker_procs = [
-            subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, "--kind", kind, *common])
-            for _ in range(workers)
+            subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, *argv, *common])
+            for argv in workers
         ]
         procs += worker_procs
         yield frontend, worker_procs
     finally:
-        for proc in reversed(procs):  # workers first, so they can say goodbye to the broker
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                log.warning("process %d did not stop in time: killing it", proc.pid)
-                proc.kill()
-                proc.wait()
+        stop(procs[1:])  # workers first, so they can say goodbye to the broker
+        stop(procs[:1])
         shutil.rmtree(root, ignore_errors=True)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, then wait; kill what does not stop in time."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            log.warning("process %d did not stop in time: killing it", proc.pid)
+            proc.kill()
+            proc.wait()
 
 
 def wait_for_workers(frontend: str, service: str, workers: list[subprocess.Popen[bytes]]) -> None:
@@ -117,17 +145,19 @@ def wait_for_workers(frontend: str, service: str, workers: list[subprocess.Popen
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg.configure_logging(args.log_level, "ssnet-local")
-    source = args.input or default_input()
+    source = args.input or shipped(DEMO_FILE)
     output = args.output or str(Path("out") / f"{Path(source).stem}_{args.kind}.root")
     try:
         if not Path(source).is_file():
             raise ConfigError(f"input file {source!r} does not exist")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        with services(args.kind, args.workers, args.heartbeat_interval, args.log_level) as (frontend, workers):
-            wait_for_workers(frontend, args.kind, workers)
+        service, commands = worker_commands(args)
+        with services(commands, args.heartbeat_interval, args.log_level) as (frontend, workers):
+            for name in [f"{service}_plane{p}" for p in PLANES] if args.per_plane else [service]:
+                wait_for_workers(frontend, name, workers)
             config = LArCV1JobConfig(
-                inputs=(source,), output=output, producers=(args.producer,), service=args.kind, broker=frontend,
-                batch_size=args.batch_size, client=ClientConfig(window=args.window),
+                inputs=(source,), output=output, producers=(args.producer,), service=service, broker=frontend,
+                batch_size=args.batch_size, per_plane=args.per_plane, client=ClientConfig(window=args.window),
             )
             summary = SimpleLArCV1Client(config, progress=ProgressReport("auto", sys.stderr)).run()
     except (ConfigError, LArCV1Error) as exc:

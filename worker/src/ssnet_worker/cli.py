@@ -73,6 +73,67 @@ def _dummy_options(options: EnvOptions) -> None:
                 help="dummy kind: seconds each request takes, to simulate a network (debugging, tests)")
 
 
+def _gpu_id(text: str) -> Optional[int]:
+    if text.strip().lower() in ("", "none", "cpu"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"GPU id must be a number, or 'none' for the CPU: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"GPU id must be 0 or more, got {text!r}")
+    return value
+
+
+def _planes(text: str) -> Optional[tuple[int, ...]]:
+    if not text.strip():
+        return None
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"planes must be comma-separated numbers, e.g. 0,1,2: {text!r}") from None
+
+
+def _ssnet_options(options: EnvOptions) -> None:
+    options.add("--engine", default="auto", choices=("caffe", "opencv", "auto"),
+                help="ssnet kind: inference engine (auto: genuine pycaffe if importable, else OpenCV DNN)")
+    options.add("--model-dir", default=None,
+                help="ssnet kind: directory with the prototxt and per-plane caffemodels (and models.json)")
+    options.add("--prototxt", default=None, help="ssnet kind: network description, relative to --model-dir")
+    options.add("--weights", default=None,
+                help="ssnet kind: plane0.caffemodel,plane1...,plane2... relative to --model-dir "
+                     "(one file: every plane); default: models.json in --model-dir")
+    options.add("--gpu", default=None, type=_gpu_id,
+                help="ssnet kind: CUDA device id (among CUDA_VISIBLE_DEVICES); none: CPU")
+    options.add("--planes", default=None, type=_planes,
+                help="ssnet kind: planes to load, e.g. 0,1,2 (default: the plane of an ssnet_plane<p> service, "
+                     "else every plane with weights)")
+    options.add("--threads", default=None, type=positive_int, help="ssnet kind: CPU threads of the engine")
+    options.add_flag("--preprocess", default=True,
+                     help="ssnet kind: set pixels below --threshold to 0 and clip above --clip before the net")
+    options.add("--threshold", default=10.0, type=float,
+                help="ssnet kind: ADC threshold; scores are zeroed where the input is below it")
+    options.add("--clip", default=500.0, type=float, help="ssnet kind: ADC value pixels are clipped to")
+    options.add("--output-names", default="ssnet_shower,ssnet_track",
+                help="ssnet kind: names of the shower and track score images, comma-separated")
+    options.add("--output-dtype", default="float16", choices=("float16", "float32"),
+                help="ssnet kind: type of the scores sent back")
+
+
+def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
+    from ssnet_worker.ssnet import ModelSet, Preprocessing, SSNetWorker
+
+    names = tuple(n.strip() for n in args.output_names.split(","))
+    if len(names) != 2 or not all(names):
+        raise ConfigError(f"--output-names needs two names (shower,track), got {args.output_names!r}")
+    return SSNetWorker(
+        config, ModelSet.from_options(args.model_dir, args.prototxt, args.weights),
+        engine=args.engine, gpu=args.gpu, planes=args.planes, threads=args.threads,
+        preprocessing=Preprocessing(args.preprocess, args.threshold, args.clip),
+        output_names=(names[0], names[1]), output_dtype=args.output_dtype, registry=registry,
+    )
+
+
 KINDS: dict[str, WorkerKind] = {
     "dummy": WorkerKind(
         "replies zeros shaped like the first LArCV1 image product (original dummy worker)",
@@ -83,6 +144,7 @@ KINDS: dict[str, WorkerKind] = {
         "replies with the request payload unchanged",
         lambda config, args, registry: EchoWorker(config, registry=registry),
     ),
+    "ssnet": WorkerKind("SSNet UResNet per wire plane (Caffe or OpenCV DNN)", _make_ssnet, _ssnet_options),
     "sleep": WorkerKind(
         "sleeps for the seconds in payload frame 0, then echoes (tests of long requests)",
         lambda config, args, registry: SleepWorker(config, registry=registry),

@@ -1,0 +1,203 @@
+"""``SSNetWorker``: the SSNet UResNet (one Caffe model per wire plane) on LArCV1 images.
+
+It serves ``ssnet`` (any plane: the plane is read from each image's meta) or ``ssnet_plane<p>`` (one plane, so an
+operator can put each plane's net on its own GPU and load one net per process).  Per received image it applies
+the production preprocessing (pixels below ``threshold`` ADC set to 0, above ``clip`` clipped; switchable off),
+runs the plane's net at batch size 1 (SSNet's BatchNorm layers use batch statistics, so batch 1 is the reference),
+and replies, per received image product, two triplets: ``[ssnet_shower, meta, scores]`` and
+``[ssnet_track, meta, scores]`` (softmax classes 1 and 2; background dropped), with scores zeroed where the input
+is below ``threshold``, float16 by default, metas and run/subrun/event echoed.
+
+Models: a prototxt and one caffemodel per plane, named by a ``models.json`` in the model directory::
+
+    {"prototxt": "dllee_ssnet2018.prototxt",
+     "weights": {"0": "plane0.caffemodel", "1": "plane1.caffemodel", "2": "plane2.caffemodel"}}
+
+or by ``--prototxt`` / ``--weights plane0.caffemodel,plane1.caffemodel,plane2.caffemodel`` (one file: every plane).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+from prometheus_client import Gauge, Histogram
+
+from ssnet_common.errors import ConfigError
+from ssnet_common.larcv1msg import ImageProduct, decode_images, encode_images
+from ssnet_common.metrics import LATENCY_BUCKETS
+from ssnet_worker.base import Worker, WorkerConfig
+from ssnet_worker.engines import make_engine
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ssnet_common.protocol import Frame
+    from ssnet_worker.engines import Engine
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG = "models.json"
+PLANE_SERVICE_PREFIX = "ssnet_plane"
+SHOWER, TRACK = 1, 2  # softmax classes (0 is background)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The network description and the weights of each plane."""
+
+    prototxt: Path
+    weights: Dict[int, Path]
+
+    @classmethod
+    def from_options(cls, model_dir: Optional[str], prototxt: Optional[str], weights: Optional[str]) -> ModelSet:
+        """From ``--model-dir`` (with its ``models.json`` when present), ``--prototxt`` and ``--weights``."""
+        base = Path(model_dir) if model_dir else Path()
+        if model_dir and not base.is_dir():
+            raise ConfigError(f"model directory {model_dir!r} does not exist")
+        spec: Dict[str, Any] = {}
+        config_file = base / MODEL_CONFIG
+        if model_dir and config_file.is_file() and not (prototxt and weights):
+            try:
+                spec = json.loads(config_file.read_text())
+                if not isinstance(spec, dict) or not isinstance(spec.get("weights"), dict):
+                    raise ValueError('expected {"prototxt": "...", "weights": {"0": "...", ...}}')
+            except ValueError as exc:
+                raise ConfigError(f"{config_file}: {exc}") from None
+        proto = prototxt or spec.get("prototxt")
+        if not proto:
+            found = sorted(base.glob("*.prototxt")) if model_dir else []
+            if len(found) != 1:
+                raise ConfigError(f"name the network with --prototxt (found {len(found)} .prototxt files in "
+                                  f"{model_dir or 'no model directory'})")
+            proto = found[0].name
+        if weights:
+            names = [w.strip() for w in weights.split(",") if w.strip()]
+            table = dict(enumerate(names * 3 if len(names) == 1 else names))  # one file serves every plane
+        elif spec:
+            try:
+                table = {int(plane): str(name) for plane, name in spec["weights"].items()}
+            except ValueError:
+                raise ConfigError(f"{config_file}: weights keys must be plane numbers") from None
+        else:
+            raise ConfigError("name the weights with --weights plane0.caffemodel,plane1...,plane2... "
+                              f"or a {MODEL_CONFIG} in --model-dir")
+        resolved = {plane: _existing(base / name, f"weights of plane {plane}") for plane, name in table.items()}
+        return cls(_existing(base / proto, "network description"), resolved)
+
+
+def _existing(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    return path
+
+
+def planes_for_service(service: str, planes: Optional[Sequence[int]], available: Sequence[int]) -> Tuple[int, ...]:
+    """The planes a worker for ``service`` loads: ``ssnet_plane<p>`` means p; otherwise ``planes`` or all."""
+    if service.startswith(PLANE_SERVICE_PREFIX):
+        suffix = service[len(PLANE_SERVICE_PREFIX):]
+        if not suffix.isdigit():
+            raise ConfigError(f"service {service!r}: expected {PLANE_SERVICE_PREFIX}<plane number>")
+        wanted: Tuple[int, ...] = (int(suffix),)
+        if planes and tuple(planes) != wanted:
+            raise ConfigError(f"service {service!r} serves plane {wanted[0]}, but --planes says {list(planes)}")
+    else:
+        wanted = tuple(planes) if planes else tuple(sorted(available))
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise ConfigError(f"no weights for plane(s) {missing} (weights are given for {sorted(available)})")
+    return wanted
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The original production settings: below ``threshold`` ADC → 0, above ``clip`` → ``clip``."""
+
+    enabled: bool = True
+    threshold: float = 10.0
+    clip: float = 500.0
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """A float32 copy of ``image`` ready for the net."""
+        out = np.array(image, dtype=np.float32)
+        if self.enabled:
+            out[out < self.threshold] = 0.0
+            np.minimum(out, self.clip, out=out)
+        return out
+
+
+class SSNetWorker(Worker):
+    """SSNet inference on LArCV1 image messages; see the module docstring."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        models: ModelSet,
+        *,
+        engine: str = "auto",
+        gpu: Optional[int] = None,
+        planes: Optional[Sequence[int]] = None,
+        threads: Optional[int] = None,
+        preprocessing: Preprocessing = Preprocessing(),
+        output_names: Tuple[str, str] = ("ssnet_shower", "ssnet_track"),
+        output_dtype: str = "float16",
+        registry: Optional[CollectorRegistry] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(config, registry=registry, **kwargs)
+        self.models = models
+        self.engine_name = engine
+        self.gpu = gpu
+        self.threads = threads
+        self.planes = planes_for_service(config.service, planes, list(models.weights))
+        self.preprocessing = preprocessing
+        self.output_names = output_names
+        self.output_dtype = np.dtype(output_dtype)
+        self.engines: Dict[int, Engine] = {}
+        metrics_registry = self.metrics.registry
+        self.load_seconds = Gauge("ssnet_worker_model_load_seconds", "Time taken to load each plane's network",
+                                  ["plane"], registry=metrics_registry)
+        self.inference = Histogram("ssnet_worker_inference_seconds", "Forward-pass time per image, by plane",
+                                   ["plane"], buckets=LATENCY_BUCKETS, registry=metrics_registry)
+
+    def setup(self) -> None:
+        """Load every plane's network once, before registering with the broker."""
+        for plane in self.planes:
+            start = time.monotonic()
+            self.engines[plane] = make_engine(self.engine_name, self.models.prototxt, self.models.weights[plane],
+                                              self.gpu, threads=self.threads)
+            seconds = time.monotonic() - start
+            self.load_seconds.labels(plane=str(plane)).set(seconds)
+            log.info("plane %d: %s with %s loaded in %.2f s (%s)", plane, self.models.prototxt.name,
+                     self.models.weights[plane].name, seconds, self.engines[plane].describe())
+
+    def handle(self, payload: list[Frame]) -> Sequence[Frame]:
+        replies = []
+        for product in decode_images(payload):
+            shower = np.empty(product.array.shape, dtype=self.output_dtype)
+            track = np.empty_like(shower)
+            for index, (meta, ids) in enumerate(product.items):
+                where = f"image {index} of product {product.name!r} (plane {meta.plane}, event {ids})"
+                engine = self.engines.get(meta.plane)
+                if engine is None:
+                    raise ValueError(f"{where}: this worker serves plane(s) {list(self.planes)}")
+                image = self.preprocessing.apply(product.array[index])
+                start = time.monotonic()
+                try:
+                    scores = engine.forward(image[np.newaxis, np.newaxis])
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                self.inference.labels(plane=str(meta.plane)).observe(time.monotonic() - start)
+                if scores.shape[1] <= TRACK:
+                    raise ValueError(f"{where}: the net gives {scores.shape[1]} classes, SSNet has 3")
+                below = image < self.preprocessing.threshold
+                shower[index] = np.where(below, 0.0, scores[0, SHOWER])
+                track[index] = np.where(below, 0.0, scores[0, TRACK])
+            replies += [ImageProduct(self.output_names[0], product.items, shower),
+                        ImageProduct(self.output_names[1], product.items, track)]
+        return encode_images(replies)
