@@ -1,0 +1,137 @@
+"""The SSNet chain end to end: LArCV1 file → client → broker → SSNetWorker (tiny model) → output LArCV1 file.
+
+Runs with whichever engine this machine has (OpenCV DNN on the host; genuine pycaffe inside the worker image).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssnet_client import Client, ClientConfig, WorkerError
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_common.imagemeta import ImageMeta
+from ssnet_common.larcv1 import LArCV1Reader
+from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_worker.engines import engine_available, make_engine
+from ssnet_worker.ssnet import Preprocessing
+
+from .conftest import REPO, Stack, free_port, scrape
+
+TINY = REPO / "models" / "tiny"
+DEMO = REPO / "data" / "demo" / "ssnet_demo.root"
+ENGINE = "caffe" if engine_available("caffe") else "opencv"
+
+pytestmark = pytest.mark.skipif(not engine_available(ENGINE), reason="neither pycaffe nor OpenCV DNN is importable")
+
+
+def direct_scores(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the worker should send for one image: the engine called directly, float16, masked."""
+    engine = make_engine(ENGINE, TINY / "tiny_uresnet.prototxt", TINY / "tiny_uresnet.caffemodel")
+    prepared = Preprocessing().apply(image)
+    scores = engine.forward(prepared[np.newaxis, np.newaxis])[0]
+    below = prepared < 10
+    return (np.where(below, 0, scores[1]).astype(np.float16), np.where(below, 0, scores[2]).astype(np.float16))
+
+
+def start_ssnet(stack: Stack, *extra: str, service: str = "ssnet", metrics_port: int = 0) -> None:
+    stack.worker("ssnet", "--model-dir", str(TINY), "--engine", ENGINE, *extra, service=service,
+                 metrics_port=metrics_port)
+
+
+def run_job(stack: Stack, output: Path, **options: object) -> None:
+    config = LArCV1JobConfig(inputs=(str(DEMO),), output=str(output), producers=("wire",), service="ssnet",
+                             broker=stack.frontend, client=ClientConfig(timeout=60), **options)  # type: ignore[arg-type]
+    SimpleLArCV1Client(config).run()
+
+
+def test_output_file_equals_direct_engine_calls(stack: Stack, tmp_path: Path) -> None:
+    metrics_port = free_port()
+    stack.broker()
+    start_ssnet(stack, metrics_port=metrics_port)
+    stack.wait_for_service("ssnet")
+    output = tmp_path / "ssnet.root"
+    run_job(stack, output)
+
+    inputs = list(LArCV1Reader([str(DEMO)], "wire"))
+    result = list(LArCV1Reader([str(output)], producers=["ssnet_shower", "ssnet_track"]))
+    assert [(e.run, e.subrun, e.event) for e in result] == [(e.run, e.subrun, e.event) for e in inputs]
+    for source, out in zip(inputs, result):
+        for index, image in enumerate(source.images):
+            shower, track = direct_scores(image.pixels)
+            assert out.products["ssnet_shower"][index].meta == image.meta
+            assert out.products["ssnet_track"][index].meta == image.meta
+            np.testing.assert_array_equal(out.products["ssnet_shower"][index].pixels, shower.astype(np.float32))
+            np.testing.assert_array_equal(out.products["ssnet_track"][index].pixels, track.astype(np.float32))
+    samples = scrape(metrics_port)
+    assert samples[("ssnet_worker_inference_seconds_count", (("plane", "0"),))] == len(inputs)
+    assert ("ssnet_worker_model_load_seconds", (("plane", "2"),)) in samples
+
+
+def test_per_plane_requests_give_the_same_file(stack: Stack, tmp_path: Path) -> None:
+    stack.broker()
+    start_ssnet(stack)
+    for plane in range(3):
+        start_ssnet(stack, service=f"ssnet_plane{plane}")
+    for service in ("ssnet", "ssnet_plane0", "ssnet_plane1", "ssnet_plane2"):
+        stack.wait_for_service(service)
+    whole, split = tmp_path / "whole.root", tmp_path / "split.root"
+    run_job(stack, whole)
+    run_job(stack, split, per_plane=True)
+    for a, b in zip(LArCV1Reader([str(whole)], producers=["ssnet_shower", "ssnet_track"]),
+                    LArCV1Reader([str(split)], producers=["ssnet_shower", "ssnet_track"])):
+        assert (a.run, a.subrun, a.event) == (b.run, b.subrun, b.event)
+        for name in ("ssnet_shower", "ssnet_track"):
+            assert [i.meta for i in a.products[name]] == [i.meta for i in b.products[name]]
+            for x, y in zip(a.products[name], b.products[name]):
+                np.testing.assert_array_equal(x.pixels, y.pixels)
+
+
+def test_image_the_net_cannot_take_gets_an_error_reply_naming_it(stack: Stack) -> None:
+    stack.broker()
+    start_ssnet(stack, "--output-dtype", "float32")
+    stack.wait_for_service("ssnet")
+    meta = ImageMeta(width=30, height=180, rows=30, cols=30, origin_x=0, origin_y=2580, plane=1)
+    bad = ImageProduct("wire", ((meta, EventId(7, 8, 9)),), np.ones((1, 30, 30), np.float32) * 50)
+    meta_ok = ImageMeta(width=64, height=384, rows=64, cols=64, origin_x=0, origin_y=2784, plane=2)
+    good = ImageProduct("wire", ((meta_ok, EventId(7, 8, 9)),), np.full((1, 64, 64), 50, np.float32))
+    with Client(stack.frontend, ClientConfig(timeout=30, retries=0)) as client:
+        with pytest.raises(WorkerError, match=r"plane 1, event \(7,8,9\).*30") as error:
+            client.request("ssnet", encode_images([bad]))
+        assert "image 0 of product 'wire'" in str(error.value)
+        products = decode_images(client.request("ssnet", encode_images([good])))  # the worker is still serving
+    assert [p.name for p in products] == ["ssnet_shower", "ssnet_track"]
+    assert products[0].array.dtype == np.float32 and products[0].ids == (EventId(7, 8, 9),)
+
+
+def test_a_plane_the_worker_does_not_serve_is_an_error_reply(stack: Stack) -> None:
+    stack.broker()
+    start_ssnet(stack, service="ssnet_plane0")
+    stack.wait_for_service("ssnet_plane0")
+    meta = ImageMeta(width=64, height=384, rows=64, cols=64, origin_x=0, origin_y=2784, plane=2)
+    product = ImageProduct("wire", ((meta, EventId(1, 2, 3)),), np.zeros((1, 64, 64), np.float32))
+    with Client(stack.frontend, ClientConfig(timeout=30, retries=0)) as client, \
+            pytest.raises(WorkerError, match=r"serves plane\(s\) \[0\]"):
+        client.request("ssnet_plane0", encode_images([product]))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model-dir", "/nonexistent"], "model directory '/nonexistent' does not exist"),
+        (["--model-dir", str(TINY), "--weights", "missing.caffemodel"], "weights of plane 0"),
+        (["--model-dir", str(TINY), "--planes", "3"], "no weights for plane(s) [3]"),
+    ],
+)
+def test_bad_model_configuration_is_a_clear_startup_error(extra: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ssnet_worker", "--kind", "ssnet", "--engine", ENGINE, "--broker", "ipc:///tmp/none",
+         *extra], capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
