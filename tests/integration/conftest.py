@@ -123,15 +123,19 @@ class Stack:
         return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.root.glob("*.log")))
 
     def stop_all(self) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Workers and clients first (so they can say goodbye to the broker), then the broker."""
+        others = [proc for name, proc in self.procs if name != "broker"]
+        brokers = [proc for name, proc in self.procs if name == "broker"]
+        for group in (others, brokers):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 @pytest.fixture

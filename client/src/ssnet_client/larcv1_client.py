@@ -15,13 +15,16 @@ failed half-way can be resumed (``resume=True``) without redoing them.
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 import numpy as np
 
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IMAGE2D = "image2d"
+PREFETCH = 4  # entries read ahead, and entries queued for writing, by the background threads
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -171,21 +176,18 @@ class SimpleLArCV1Client:
         elif self.chunks.exists():
             raise ConfigError(f"{self.chunks} holds checkpoints of an earlier run: resume it or remove it")
         total = self.stop - self.config.start
-        with Client(self.config.broker, self.config.client, registry=self.registry) as client:
-            writer = _OutputWriter(self, summary, start)
-            try:
-                for batch, replies in self._exchange(client, self.reader.iter_range(start, self.stop), summary):
-                    for entry, products in zip(batch.entries, _per_entry(batch, replies)):
-                        writer.write(entry, products)
-                        summary.events += 1
-                        if self.progress is not None:
-                            self.progress(summary.events + summary.resumed, total, time.monotonic() - began)
-                writer.finish()
-            except BaseException:
-                writer.abort()
-                raise
+        output = _OutputWriter(self, start)
+        entries = _prefetch(self.reader.iter_range(start, self.stop), PREFETCH)
+        with closing(entries), Client(self.config.broker, self.config.client, registry=self.registry) as client, \
+                _BackgroundWriter(output) as writer:
+            for batch, replies in self._exchange(client, entries, summary):
+                for entry, products in zip(batch.entries, _per_entry(batch, replies)):
+                    writer.write(entry, products)
+                    summary.events += 1
+                    if self.progress is not None:
+                        self.progress(summary.events + summary.resumed, total, time.monotonic() - began)
         if self.config.checkpoint:
-            self._assemble(done_chunks + writer.chunk_files)
+            self._assemble(done_chunks + output.chunk_files)
         summary.seconds = time.monotonic() - began
         return summary
 
@@ -313,7 +315,7 @@ class SimpleLArCV1Client:
 class _OutputWriter:
     """Writes output entries: straight into the output file, or into checkpoint chunks."""
 
-    def __init__(self, job: SimpleLArCV1Client, summary: JobSummary, start: int) -> None:
+    def __init__(self, job: SimpleLArCV1Client, start: int) -> None:
         self.job = job
         self.config = job.config
         self.next_entry = start
@@ -383,6 +385,104 @@ class _OutputWriter:
         if self._writer is not None:
             self._writer.__exit__(RuntimeError, RuntimeError("job failed"), None)
             self._writer = None
+
+
+_DONE = object()
+
+
+def _prefetch(items: Iterator[T], depth: int) -> Generator[T, None, None]:
+    """``items``, produced by a background thread up to ``depth`` ahead (reading overlaps the rest).
+
+    Errors of the producer are raised here, in order; closing this generator stops the thread.
+    """
+    slots: queue.Queue[tuple[Any, Optional[BaseException]]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: Any, error: Optional[BaseException] = None) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put((item, error), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_DONE, exc)
+        else:
+            put(_DONE)
+
+    thread = threading.Thread(target=produce, name="ssnet-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _BackgroundWriter:
+    """Runs an :class:`_OutputWriter` in its own thread (ROOT releases the GIL while it fills and compresses).
+
+    ``write()`` queues an entry (blocking when ``PREFETCH`` are waiting) and raises the writer thread's error,
+    if it had one.  Leaving the ``with`` block normally finishes the output; leaving it by an exception
+    discards it.
+    """
+
+    _FINISH, _ABORT = object(), object()
+
+    def __init__(self, output: _OutputWriter) -> None:
+        self.output = output
+        self.queue: queue.Queue[Any] = queue.Queue(PREFETCH)
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="ssnet-writer", daemon=True)
+
+    def __enter__(self) -> _BackgroundWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException], tb: Any) -> None:
+        self.queue.put(self._ABORT if exc_type is not None else self._FINISH)
+        self.thread.join()
+        if exc_type is None:
+            self._raise()
+
+    def write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> None:
+        self._raise()
+        self.queue.put((entry, products))
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is self._ABORT or item is self._FINISH:
+                break
+            if self.error is None:  # after an error, only drain until the main thread says stop
+                try:
+                    self.output.write(*item)
+                except BaseException as exc:  # raised in the main thread
+                    self.error = exc
+        try:
+            if item is self._FINISH and self.error is None:
+                self.output.finish()
+            else:
+                self.output.abort()
+        except BaseException as exc:  # raised in the main thread
+            self.error = exc
 
 
 def _layout(entry: LArCV1Entry) -> tuple[Any, ...]:

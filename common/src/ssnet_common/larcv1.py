@@ -379,11 +379,18 @@ public:
 }
 
 namespace ssnet_larcv1 {
-inline void append_image(larcv::EventImage2D& event, unsigned short id, const float* column_major,
+// Appends an image given row by row (pixels[row * cols + col], row 0 at the top); Image2D stores it column by
+// column (index = col * rows + row).  Called with the GIL released: it touches no Python object.
+inline void append_image(larcv::EventImage2D& event, unsigned short id, const float* row_major,
                          unsigned long rows, unsigned long cols, double origin_x, double origin_y,
                          double width, double height, unsigned short plane) {
   larcv::Image2D& image = event._image_v.emplace_back();
-  image._img.assign(column_major, column_major + rows * cols);
+  image._img.resize(rows * cols);
+  float* out = image._img.data();
+  for (unsigned long row = 0; row < rows; ++row) {
+    const float* in = row_major + row * cols;
+    for (unsigned long col = 0; col < cols; ++col) out[col * rows + row] = in[col];
+  }
   image._id = id;
   image._meta._origin.x = origin_x;
   image._meta._origin.y = origin_y;
@@ -419,6 +426,10 @@ def _root() -> Any:
         raise LArCV1Error(f"writing LArCV1 files needs ROOT's Python bindings: {exc}") from exc
     if not ROOT.gInterpreter.Declare(_CLASSES_CPP):
         raise LArCV1Error("ROOT refused the LArCV1 class declarations (are other larcv classes loaded?)")
+    # Filling and compressing baskets, and copying pixels in, need no Python: let other threads (reading the
+    # next entries, talking to the broker) run meanwhile.
+    ROOT.ssnet_larcv1.append_image.__release_gil__ = True
+    ROOT.TTree.Fill.__release_gil__ = True
     return ROOT
 
 
@@ -520,7 +531,7 @@ class LArCV1Writer:
                 for index, image in enumerate(checked[producer]):
                     meta = image.meta
                     # cppyy passes an array's buffer as the float*; an empty array has none.
-                    pixels = image.pixels.ravel(order="F") if image.pixels.size else root.nullptr
+                    pixels = image.pixels if image.pixels.size else root.nullptr
                     root.ssnet_larcv1.append_image(
                         product, index, pixels, meta.rows, meta.cols,
                         meta.origin_x, meta.origin_y, meta.width, meta.height, meta.plane,

@@ -1,0 +1,300 @@
+"""Events/s of the whole LArCV1 client pipeline against the project's reader alone, on the shared samples.
+
+    python bench/client_pipeline.py [--repeat N] [--rounds R] [--window W] [--batch-size B] [--no-profile]
+
+A broker and 2 DummyLArCV1 workers run as subprocesses on private ``ipc://`` endpoints;
+``SimpleLArCV1Client`` runs in this process: read, encode, send, wait, receive, decode, write.
+Each sample's file is given ``--repeat`` times as the inputs (the 512 sample holds only 10 entries).  The
+reader alone (``LArCV1Reader`` iterating the same inputs) is timed in the same run; both rates and their ratio
+are printed per sample (target: client/reader >= 0.8).  Every process competes for the same cores: the
+machine's core count is printed with the results.
+
+Then, unless ``--no-profile``, one more client run per sample with timers around the stages (installed by
+wrapping the client's functions from here; the client is not changed): the time of the client thread spent in
+read / encode / send / wait / receive / decode / write, exclusive (a stage called inside another is counted
+once, in the inner one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ssnet_client import base as client_base
+from ssnet_client import larcv1_client
+from ssnet_client.base import Client, ClientConfig
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_common import larcv1
+from ssnet_common.larcv1 import LArCV1Reader, load_writer_backend
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "data" / "larcv1"
+FILES = ("ssnet_sample_512.root", "ssnet_sample_fullevent.root")
+TARGET = 0.8
+STAGES = ("read", "encode", "send", "wait", "receive", "decode", "write", "other")
+
+
+# ---------------------------------------------------------------------------------------------- services
+@contextmanager
+def services(workers: int) -> Iterator[str]:
+    """A broker and ``workers`` dummy workers on private ipc:// endpoints, registered; yields the frontend."""
+    root = Path(tempfile.mkdtemp(prefix="ssnet-bench-"))
+    frontend, backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
+    common = ["--heartbeat-interval", "1.0", "--log-level", "WARNING"]
+    broker = subprocess.Popen([sys.executable, "-m", "ssnet_broker", "--frontend", frontend, "--backend", backend,
+                               *common])
+    procs = [subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, "--kind", "dummy",
+                               *common]) for _ in range(workers)]
+    try:
+        deadline = time.monotonic() + 60
+        with Client(frontend, ClientConfig(timeout=1.0, retries=0)) as client:
+            while not client.has_service("dummy"):  # an MMI round trip to the broker (it queues until it is up)
+                if time.monotonic() > deadline or any(p.poll() is not None for p in [broker, *procs]):
+                    raise RuntimeError("the broker or a worker did not start")
+                time.sleep(0.1)  # pace the round trips
+        yield frontend
+    finally:
+        for group in (procs, [broker]):  # workers first, so that they say goodbye to a live broker
+            for proc in group:
+                proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def time_reader(inputs: list[str]) -> tuple[int, float]:
+    began = time.perf_counter()
+    count = sum(1 for _ in LArCV1Reader(inputs, producers=["wire"]))
+    return count, time.perf_counter() - began
+
+
+def time_client(inputs: list[str], output: str, frontend: str, window: int, batch_size: int) -> tuple[int, float]:
+    config = LArCV1JobConfig(
+        inputs=tuple(inputs), output=output, producers=("wire",), service="dummy", broker=frontend,
+        batch_size=batch_size, client=ClientConfig(window=window),
+    )
+    began = time.perf_counter()
+    summary = SimpleLArCV1Client(config).run()
+    seconds = time.perf_counter() - began
+    os.unlink(output)
+    return summary.events, seconds
+
+
+# ---------------------------------------------------------------------------------------------- profile
+class StageClock:
+    """Exclusive time per stage: the clock always runs for the innermost stage entered."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._stack = ["other"]
+        self._last = time.perf_counter()
+
+    def _switch(self) -> None:
+        now = time.perf_counter()
+        self.totals[self._stack[-1]] += now - self._last
+        self._last = now
+
+    def enter(self, stage: str) -> None:
+        self._switch()
+        self._stack.append(stage)
+        self.calls[stage] += 1
+
+    def leave(self) -> None:
+        self._switch()
+        self._stack.pop()
+
+    def function(self, stage: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.enter(stage)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.leave()
+        return timed
+
+    def generator(self, stage: str, func: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        """Time every resumption of the generators ``func`` returns (not the time their consumer holds them)."""
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            inner = func(*args, **kwargs)
+            while True:
+                self.enter(stage)
+                try:
+                    item = next(inner)
+                except StopIteration:
+                    return
+                finally:
+                    self.leave()
+                yield item
+        return timed
+
+
+@contextmanager
+def instrumented(clock: StageClock) -> Iterator[None]:
+    """Wrap the pipeline's stage functions in timers; restore them after."""
+    patches = [
+        (larcv1.LArCV1Reader, "_read_file", clock.generator("read", larcv1.LArCV1Reader._read_file)),
+        (larcv1_client.SimpleLArCV1Client, "_products",
+         clock.generator("encode", larcv1_client.SimpleLArCV1Client._products)),
+        (larcv1_client, "encode_images", clock.function("encode", larcv1_client.encode_images)),
+        (client_base.Client, "_send", clock.function("send", client_base.Client._send)),
+        (client_base.Client, "_poll", clock.function("wait", client_base.Client._poll)),
+        (client_base.Client, "_handle", clock.function("receive", client_base.Client._handle)),
+        (larcv1_client.SimpleLArCV1Client, "_decode",
+         clock.function("decode", larcv1_client.SimpleLArCV1Client._decode)),
+        (larcv1_client, "_per_entry", clock.function("decode", larcv1_client._per_entry)),
+        (larcv1_client._OutputWriter, "write", clock.function("write", larcv1_client._OutputWriter.write)),
+        (larcv1_client._OutputWriter, "finish", clock.function("write", larcv1_client._OutputWriter.finish)),
+    ]
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in patches]
+    try:
+        for owner, name, replacement in patches:
+            setattr(owner, name, replacement)
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def profile_client(inputs: list[str], output: str, frontend: str, window: int, batch_size: int
+                   ) -> tuple[int, float, StageClock, dict[str, float]]:
+    """One instrumented run: events, seconds, the stage clock and the CPU seconds of each process kind."""
+    clock = StageClock()
+    before = cpu_snapshot()
+    with instrumented(clock):
+        clock._last = time.perf_counter()
+        events, seconds = time_client(inputs, output, frontend, window, batch_size)
+        clock.enter("other")
+        clock.leave()  # account the tail
+    after = cpu_snapshot()
+    return events, seconds, clock, {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+
+
+# --------------------------------------------------------------------------------------------- CPU use
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process so far, from /proc (Linux); 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def children() -> dict[int, str]:
+    """This process's children (the broker and the workers): {pid: its command's kind}."""
+    found = {}
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
+        try:
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, pids):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            found[pid] = "broker" if b"ssnet_broker" in argv else "workers"
+    return found
+
+
+def cpu_snapshot() -> dict[str, float]:
+    usage: dict[str, float] = defaultdict(float)
+    usage["client"] = process_cpu(os.getpid())
+    for pid, kind in children().items():
+        usage[kind] += process_cpu(pid)
+    return usage
+
+
+# ------------------------------------------------------------------------------------------------- main
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="times each sample file is given as input (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per rate; the best is kept (default 3)")
+    parser.add_argument("--window", type=int, default=ClientConfig().window, help="client requests in flight")
+    parser.add_argument("--batch-size", type=int, default=1, help="events per request")
+    parser.add_argument("--workers", type=int, default=2, help="dummy workers (default 2)")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
+    args = parser.parse_args()
+    if not (SAMPLES / FILES[0]).is_file():
+        print(f"shared samples not found in {SAMPLES}", file=sys.stderr)
+        return 2
+
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    print(f"machine: {cores} cores ({usable} usable by this process); Python {sys.version.split()[0]}")
+    print(f"client pipeline: broker + {args.workers} dummy workers (subprocesses, ipc://), SimpleLArCV1Client "
+          f"in-process, window {args.window}, batch size {args.batch_size}; each file given {args.repeat}x; "
+          f"best of {args.rounds}")
+    print("the broker, the workers, the client and the reader share those cores.\n")
+
+    load_writer_backend()
+    results = []
+    profiles = []
+    with tempfile.TemporaryDirectory(prefix="ssnet-bench-") as tmp, services(args.workers) as frontend:
+        output = str(Path(tmp) / "out.root")
+        # Warm-up: every worker registered and warm, caches (file pages, ROOT's lazily bound classes) filled.
+        time_client([str(SAMPLES / FILES[0])], output, frontend, args.window, args.batch_size)
+        for name in FILES:
+            inputs = [str(SAMPLES / name)] * args.repeat
+            readers, clients = [], []
+            for _ in range(args.rounds):  # interleaved, so that load from elsewhere hits both alike
+                readers.append(time_reader(inputs))
+                clients.append(time_client(inputs, output, frontend, args.window, args.batch_size))
+            results.append((name, readers, clients))
+            if not args.no_profile:
+                profiles.append((name, profile_client(inputs, output, frontend, args.window, args.batch_size)))
+
+    header = (f"{'sample':<28} {'events':>6} {'reader ev/s':>12} {'client ev/s':>12} {'ratio':>6}  "
+              f"(target {TARGET}; best of {args.rounds}, [slowest-fastest] in brackets)")
+    print(header)
+    print("-" * len(header))
+    for name, readers, clients in results:
+        events = readers[0][0]
+        assert all(n == events for n, _ in readers + clients), (readers, clients)
+        reader_rates = sorted(events / t for _, t in readers)
+        client_rates = sorted(events / t for _, t in clients)
+        ratio = client_rates[-1] / reader_rates[-1]
+        verdict = "ok" if ratio >= TARGET else "BELOW TARGET"
+        spread = (f"[reader {reader_rates[0]:.2f}-{reader_rates[-1]:.2f}, "
+                  f"client {client_rates[0]:.2f}-{client_rates[-1]:.2f}]")
+        print(f"{name:<28} {events:>6} {reader_rates[-1]:>12.2f} {client_rates[-1]:>12.2f} {ratio:>6.2f}  "
+              f"{verdict}  {spread}")
+
+    for name, (events, seconds, clock, cpu) in profiles:
+        print(f"\nwhere the client's time goes, {name}: {events} events in {seconds:.2f} s "
+              f"({events / seconds:.2f} ev/s with timers)")
+        total = sum(cpu.values())
+        print(f"  CPU per event: client {cpu['client'] / events * 1e3:.1f} ms (its ZeroMQ I/O thread included), "
+              f"broker {cpu['broker'] / events * 1e3:.1f} ms, workers {cpu['workers'] / events * 1e3:.1f} ms; "
+              f"all {total:.2f} s CPU in {seconds:.2f} s = {total / seconds:.2f} of {usable} cores busy")
+        print("  client thread, exclusive wall time per stage:")
+        accounted = sum(clock.totals.values())
+        for stage in STAGES:
+            spent = clock.totals.get(stage, 0.0)
+            per_event = spent / events * 1e3
+            print(f"  {stage:<8} {spent:7.2f} s {100 * spent / accounted:5.1f} %  {per_event:8.1f} ms/event"
+                  f"  ({clock.calls.get(stage, 0)} calls)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""The LArCV1 client job end to end: ``ssnet-client`` (a subprocess) against a real broker and real workers.
+
+Every check of the output goes through the reader (``ssnet-larcv1 dump --json``'s ``describe``) and is compared
+with the shared manifest: what the genuine LArCV1 library reports for the sample files.  Waits are round trips
+(MMI, metrics scrapes) or predicates on the filesystem, never sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ssnet_client.base import ClientConfig
+from ssnet_client.larcv1_cli import describe
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_common.errors import ProtocolError
+from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_common.protocol import Frame
+from ssnet_worker.base import Worker, WorkerConfig
+
+from .conftest import Stack, free_port, scrape, wait_until
+
+SAMPLE_512 = "ssnet_sample_512.root"
+SAMPLE_FULL = "ssnet_sample_fullevent.root"
+RUN_TIMEOUT = 60.0  # bound on one client run; they take about a second
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@dataclass
+class ClientRun:
+    """One ``ssnet-client`` process; its stdout and stderr go to a log file in the stack's directory."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def wait(self, timeout: float = RUN_TIMEOUT) -> int:
+        return self.proc.wait(timeout)
+
+    @property
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+_names = itertools.count()
+
+
+def start_client(stack: Stack, *args: str) -> ClientRun:
+    name = f"client-{next(_names)}"
+    proc = stack.spawn(name, ["-m", "ssnet_client.cli", "--broker", stack.frontend, "--progress", "log", *args])
+    return ClientRun(proc, stack.root / f"{name}.log")
+
+
+def run_client(stack: Stack, *args: str) -> tuple[int, str]:
+    """Run ``ssnet-client ARGS`` to the end: (exit code, what it printed)."""
+    run = start_client(stack, *args)
+    return run.wait(), run.text
+
+
+def dump(path: Path) -> dict[str, Any]:
+    """``ssnet-larcv1 dump PATH --json`` as a document, less the file name."""
+    report = json.loads(json.dumps(describe(str(path))))
+    del report["file"]
+    return report
+
+
+def entries(report: dict[str, Any], producer: str) -> list[dict[str, Any]]:
+    return list(report["producers"][producer]["entries"])
+
+
+def ids(items: Sequence[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    return [(e["run"], e["subrun"], e["event"]) for e in items]
+
+
+def zeros_sha256(rows: int, cols: int) -> str:
+    return hashlib.sha256(np.zeros((rows, cols), dtype="<f4").data).hexdigest()
+
+
+def check_dummy(report: dict[str, Any], expected: Sequence[dict[str, Any]]) -> None:
+    """One ``dummy`` image per entry: zeros shaped and described as the entry's first input image."""
+    got = entries(report, "dummy")
+    assert ids(got) == ids(expected)
+    for out, want in zip(got, expected):
+        assert out["n_images"] == 1, out["entry"]
+        image, first = out["images"][0], want["images"][0]
+        for key in ("plane", "rows", "cols", "meta_dump"):
+            assert image[key] == first[key], (out["entry"], key)
+        assert image["nonzero"] == 0
+        assert image["sha256_f32_rowmajor"] == zeros_sha256(first["rows"], first["cols"])
+
+
+def check_images(got: Sequence[dict[str, Any]], expected: Sequence[dict[str, Any]]) -> None:
+    """The same events and, per image, the same pixels (sha256) and meta as the manifest."""
+    assert ids(got) == ids(expected)
+    for out, want in zip(got, expected):
+        assert out["n_images"] == want["n_images"]
+        for image, ref in zip(out["images"], want["images"]):
+            for key in ("plane", "rows", "cols", "meta_dump", "sha256_f32_rowmajor", "nonzero"):
+                assert image[key] == ref[key], (out["entry"], image["index"], key)
+
+
+def leftovers(directory: Path, *expected: str) -> list[str]:
+    """Names in ``directory`` other than ``expected``: a failed run must leave no output, temporary or not."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in expected)
+
+
+@pytest.fixture(scope="module")
+def manifest(shared: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per sample file, the manifest's entries of producer ``wire``."""
+    document = json.loads((shared / "data" / "larcv1" / "manifest.json").read_text())
+    return {name: item["producers"]["wire"]["entries"] for name, item in document["files"].items()}
+
+
+@pytest.fixture(scope="module")
+def samples(shared: Path) -> Path:
+    return shared / "data" / "larcv1"
+
+
+def dummy_stack(stack: Stack) -> None:
+    """A broker and 2 DummyLArCV1 workers, service ``dummy`` registered."""
+    stack.broker()
+    for _ in range(2):
+        stack.worker("dummy")
+    stack.wait_for_service("dummy")
+
+
+def heard_by_broker(port: int) -> bool:
+    """Whether the worker serving metrics on ``port`` has had a heartbeat from the broker (it is registered)."""
+    try:
+        return scrape(port).get(("ssnet_worker_heartbeats_total", (("direction", "received"),)), 0.0) > 0
+    except OSError:
+        return False
+
+
+# -------------------------------------------------------------------------------------------- happy paths
+def test_samples_through_two_dummy_workers(stack: Stack, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    dummy_stack(stack)
+    for name in (SAMPLE_512, SAMPLE_FULL):
+        output = tmp_path / f"{name}.out.root"
+        code, text = run_client(stack, "--input", str(samples / name), "--output", str(output))
+        assert code == 0, text
+        n = len(manifest[name])
+        assert re.search(rf"wrote {re.escape(str(output))}: {n} events in [\d.]+ s", text), text
+        report = dump(output)
+        assert report["producers_in_file"] == ["dummy"]
+        check_dummy(report, manifest[name])
+
+
+def test_batch_size_three_writes_what_batch_size_one_writes(stack: Stack, samples: Path, manifest: Any,
+                                                            tmp_path: Path) -> None:
+    dummy_stack(stack)
+    single, batched = tmp_path / "b1.root", tmp_path / "b3.root"
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(single))
+    assert code == 0, text
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(batched), "--batch-size", "3")
+    assert code == 0, text
+    assert "10 events" in text and "; 4 requests" in text, text  # batches of 3, 3, 3 and 1 events
+    assert dump(batched) == dump(single)
+    check_dummy(dump(batched), manifest[SAMPLE_512])
+
+
+def test_copy_input_keeps_the_input_images(stack: Stack, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    dummy_stack(stack)
+    output = tmp_path / "copy.root"
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output), "--copy-input")
+    assert code == 0, text
+    report = dump(output)
+    assert report["producers_in_file"] == ["dummy", "wire"]
+    check_images(entries(report, "wire"), manifest[SAMPLE_512])
+    check_dummy(report, manifest[SAMPLE_512])
+
+
+def test_entry_range(stack: Stack, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    dummy_stack(stack)
+    output = tmp_path / "range.root"
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output),
+                            "--start", "2", "--end", "7")
+    assert code == 0, text
+    assert "5 events" in text, text
+    check_dummy(dump(output), manifest[SAMPLE_512][2:7])
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_run(stack: Stack, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    stack.broker()
+    ports = [free_port(), free_port()]
+    workers = [stack.worker("dummy", "--dummy-delay", "0.3", metrics_port=port) for port in ports]
+    wait_until(lambda: all(heard_by_broker(p) for p in ports), 20, "both workers registered")
+    output = tmp_path / "killed.root"
+    run = start_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output), "--timeout", "30")
+
+    def samples_of(port: int) -> tuple[float, float]:
+        """(requests answered, busy) of one worker."""
+        metrics = scrape(port)
+        return (metrics.get(("ssnet_worker_requests_total", (("outcome", "ok"), ("service", "dummy"))), 0.0),
+                metrics.get(("ssnet_worker_busy", (("service", "dummy"),)), 0.0))
+
+    victim: list[int] = []  # index into workers, and how many requests it had answered
+
+    def one_busy_after_a_reply() -> bool:
+        assert run.proc.poll() is None, f"the client ended before a worker could be killed:\n{run.text}"
+        for index, port in enumerate(ports):
+            done, busy = samples_of(port)
+            if done >= 1 and busy == 1:
+                victim[:] = [index, int(done)]
+                return True
+        return False
+
+    wait_until(one_busy_after_a_reply, 30, "a worker busy with its second request")
+    index, answered = victim
+    workers[index].send_signal(signal.SIGKILL)
+    workers[index].wait(10)
+    code = run.wait()
+    assert code == 0, run.text
+    check_dummy(dump(output), manifest[SAMPLE_512])
+    survivor_done, _ = samples_of(ports[1 - index])
+    # The survivor answered the rest, the killed request included (the victim may have finished one more
+    # request between the scrape and the kill).
+    assert survivor_done >= 10 - answered - 1
+
+
+# ------------------------------------------------------------------------------------- ssnet-local (echo)
+def run_local(*args: str, cwd: Path) -> tuple[int, str]:
+    result = subprocess.run([sys.executable, "-m", "ssnet_client.local", "--heartbeat-interval", "0.25", *args],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120, check=False)
+    return result.returncode, result.stdout.decode(errors="replace")
+
+
+@pytest.mark.parametrize("name", [SAMPLE_512, SAMPLE_FULL])
+def test_local_echo_round_trip(name: str, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    output = tmp_path / "echo.root"
+    code, text = run_local("--kind", "echo", "--input", str(samples / name), "--output", str(output), cwd=tmp_path)
+    assert code == 0, text
+    report = dump(output)
+    assert report["producers_in_file"] == ["wire"]
+    check_images(entries(report, "wire"), manifest[name])
+
+
+def test_local_without_arguments_runs_the_demo(manifest: Any, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "ssnet_client.local"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=120, check=False)
+    text = result.stdout.decode(errors="replace")
+    assert result.returncode == 0, text
+    output = tmp_path / "out" / "ssnet_demo_dummy.root"
+    report = dump(output)
+    assert report["producers_in_file"] == ["dummy"]
+    check_dummy(report, manifest[SAMPLE_512][:4])  # the demo file is the sample's first 4 entries
+
+
+# ---------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
+def test_resume_after_the_client_was_killed(stack: Stack, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    stack.broker()
+    stack.worker("dummy", "--dummy-delay", "0.3")
+    stack.worker("dummy", service="fast")
+    stack.wait_for_service("dummy")
+    stack.wait_for_service("fast")
+    sample = str(samples / SAMPLE_512)
+    straight = tmp_path / "straight.root"
+    code, text = run_client(stack, "--service", "fast", "--input", sample, "--output", str(straight))
+    assert code == 0, text
+
+    output = tmp_path / "resumed.root"
+    chunks = tmp_path / "resumed.root.chunks"
+    job = ["--input", sample, "--output", str(output), "--checkpoint", "3", "--window", "1"]
+    run = start_client(stack, *job)
+
+    def a_chunk_is_done() -> bool:
+        assert run.proc.poll() is None, f"the client ended before a checkpoint chunk was written:\n{run.text}"
+        return any(chunks.glob("entries-*.root"))
+
+    wait_until(a_chunk_is_done, 30, "a finished checkpoint chunk")
+    run.proc.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not output.exists()
+    assert leftovers(tmp_path, straight.name, chunks.name) == []
+    left = sorted(p.name for p in chunks.iterdir())
+
+    for options in (["--checkpoint", "3"], []):  # a leftover chunks dir is never overwritten nor ignored
+        code, text = run_client(stack, "--input", sample, "--output", str(output), *options)
+        assert code == 2, text
+        assert f"{chunks} holds checkpoints of an earlier run: resume it or remove it" in text, text
+        assert not output.exists()
+        assert sorted(p.name for p in chunks.iterdir()) == left
+
+    code, text = run_client(stack, *job, "--resume")
+    assert code == 0, text
+    match = re.search(r"resuming after (\d+) entries found in (\d+) checkpoint chunks", text)
+    assert match, text
+    resumed, files = int(match[1]), int(match[2])
+    assert resumed == 3 * files and 3 <= resumed < 10, text
+    assert f"{10 - resumed} events in" in text and f"after {resumed} from checkpoints" in text, text
+    assert not chunks.exists()
+    assert dump(output) == dump(straight)
+    check_dummy(dump(output), manifest[SAMPLE_512])
+
+
+# ------------------------------------------------------------------------------------------- bad input
+@pytest.fixture
+def bad_inputs(samples: Path, tmp_path: Path) -> Path:
+    """A directory with a text file, a truncated sample and a writable copy of the 512 sample."""
+    (tmp_path / "text.root").write_text("this is not a ROOT file\n")
+    (tmp_path / "truncated.root").write_bytes((samples / SAMPLE_512).read_bytes()[:100_000])
+    shutil.copyfile(samples / SAMPLE_512, tmp_path / "copy.root")
+    return tmp_path
+
+
+BAD_INPUTS = {
+    "missing file": (["--input", "{d}/missing.root"], "file '{d}/missing.root': no such file"),
+    "not ROOT": (["--input", "{d}/text.root"], "file '{d}/text.root': not a readable ROOT file"),
+    "truncated": (["--input", "{d}/truncated.root"], "file '{d}/truncated.root': not a readable ROOT file"),
+    "no such producer": (["--input", "{s}", "--producer", "nosuch"],
+                         "producer 'nosuch': no Image2D producer 'nosuch' in the file (it has: wire)"),
+    "output is the input": (["--input", "{d}/copy.root", "--output", "{d}/copy.root"],
+                            "output '{d}/copy.root' is also an input"),
+    "start past the end": (["--input", "{s}", "--start", "12"], "no entries to process: range [12, 10) of 10 entries"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_without_output(case: str, stack: Stack, samples: Path, bad_inputs: Path) -> None:
+    args, message = BAD_INPUTS[case]
+    fill = {"d": str(bad_inputs), "s": str(samples / SAMPLE_512)}
+    argv = [a.format(**fill) for a in args]
+    if "--output" not in argv:
+        argv += ["--output", str(bad_inputs / "out.root")]
+    before = {p.name: p.read_bytes() for p in bad_inputs.iterdir()}
+    code, text = run_client(stack, *argv)  # fails before it would talk to a broker: none is started
+    assert code == 2, text
+    assert message.format(**fill) in text, text
+    assert {p.name: p.read_bytes() for p in bad_inputs.iterdir()} == before  # nothing written, nothing changed
+
+
+def test_service_without_workers(stack: Stack, samples: Path, tmp_path: Path) -> None:
+    stack.broker("--queue-timeout", "1")
+    output = tmp_path / "none.root"
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output))
+    assert code == 1, text
+    assert "job failed, no output written" in text and "no worker for service 'dummy'" in text, text
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------- reply ids are checked
+class WrongIdsWorker(Worker):
+    """Answers like the dummy worker, but with every event number off by one."""
+
+    def handle(self, payload: list[Frame]) -> Sequence[Frame]:
+        first = decode_images(payload)[0]
+        items = tuple((meta, EventId(i.run, i.subrun, i.event + 1)) for meta, i in first.items)
+        return encode_images([ImageProduct("dummy", items, np.zeros(first.array.shape, dtype=np.float32))])
+
+
+@pytest.fixture
+def wrong_ids_service(stack: Stack) -> Iterator[str]:
+    stack.broker()
+    worker = WrongIdsWorker(WorkerConfig("wrongids", stack.backend, heartbeat_interval=stack.heartbeat))
+    thread = threading.Thread(target=worker.run, kwargs={"install_signal_handlers": False}, daemon=True)
+    thread.start()
+    try:
+        stack.wait_for_service("wrongids")
+        yield "wrongids"
+    finally:
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_reply_with_other_event_ids_fails_the_job(stack: Stack, wrong_ids_service: str, samples: Path,
+                                                  tmp_path: Path) -> None:
+    output = tmp_path / "wrong.root"
+    config = LArCV1JobConfig(
+        inputs=(str(samples / SAMPLE_512),), output=str(output), producers=("wire",), service=wrong_ids_service,
+        broker=stack.frontend, client=ClientConfig(timeout=10),
+    )
+    with pytest.raises(ProtocolError, match=r"carries event ids \['\(5007,101,3002\)'\], sent \['\(5007,101,3001\)'\]"):
+        SimpleLArCV1Client(config).run()
+    assert leftovers(tmp_path) == []
