@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-PY_SOURCES := common broker worker client tests bench scripts
+PY_SOURCES := common broker worker client tests bench scripts examples
 
 .PHONY: demo test venv lint typecheck pytest pytest39 clean
 
@@ -31,7 +31,8 @@ pytest: venv
 # ssnet_common and ssnet_worker must run on Python 3.9 (the Caffe image): run their tests there too.
 PY39_TESTS := tests/unit/test_protocol.py tests/unit/test_ndarray.py tests/unit/test_imagemeta.py \
 	tests/unit/test_larcv1msg.py tests/unit/test_config.py tests/unit/test_worker_unit.py \
-	tests/unit/test_larcv1_read.py tests/unit/test_ssnet_unit.py tests/integration/test_worker_protocol.py
+	tests/unit/test_larcv1_read.py tests/unit/test_ssnet_unit.py tests/unit/test_batchmsg.py \
+	tests/unit/test_batch_preprocess.py tests/integration/test_worker_protocol.py
 pytest39: venv
 	@if [ -x .venv39/bin/python ]; then \
 	  .venv39/bin/python -m pytest -q -p no:cacheprovider $(PY39_TESTS); \

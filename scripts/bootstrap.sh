@@ -20,13 +20,13 @@ pip_quiet=(--quiet --disable-pip-version-check)
 
 if [ ! -x .venv/bin/python ]; then "$PY311" -m venv .venv; fi
 .venv/bin/python -m pip install "${pip_quiet[@]}" -r requirements-dev.txt \
-  -e 'common[metrics]' -e broker -e 'worker[opencv]' -e 'client[larcv1]'
+  -e 'common[metrics]' -e broker -e 'worker[opencv,larcv1]' -e 'client[larcv1]'
 
 PY39=$(find_python 3.9 || true)
 if [ -n "$PY39" ]; then
   if [ ! -x .venv39/bin/python ]; then "$PY39" -m venv .venv39; fi
-  .venv39/bin/python -m pip install "${pip_quiet[@]}" pytest pytest-timeout hypothesis uproot \
-    -e 'common[metrics]' -e worker
+  .venv39/bin/python -m pip install "${pip_quiet[@]}" pytest pytest-timeout hypothesis \
+    -e 'common[metrics]' -e 'worker[larcv1]'
 else
   echo "bootstrap: no Python 3.9 found; the 3.9 test run will be skipped" >&2
 fi

@@ -152,6 +152,23 @@ KINDS: dict[str, WorkerKind] = {
 }
 
 
+def _batch_options(options: EnvOptions) -> None:
+    from ssnet_worker.batch import add_options
+
+    add_options(options)
+
+
+def _make_batch(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
+    from ssnet_worker.batch import from_args
+
+    return from_args(config, args, registry)
+
+
+KINDS["batch"] = WorkerKind(
+    "serves training batches of LArCV1 entries to BatchClient (ssnet_worker.batch)", _make_batch, _batch_options,
+)
+
+
 def _kind_name(text: str) -> str:
     if text not in KINDS:
         raise argparse.ArgumentTypeError(f"unknown worker kind {text!r} (choose from {', '.join(sorted(KINDS))})")
