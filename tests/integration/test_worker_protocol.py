@@ -40,7 +40,7 @@ from ssnet_common.protocol import (
     request_body,
 )
 from ssnet_common.transport import bind, new_socket, recv, send
-from ssnet_worker.base import WorkerConfig
+from ssnet_worker.base import REPEATED_SIGNAL_GRACE, WorkerConfig
 from ssnet_worker.dummy import EchoWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,10 +279,27 @@ def test_second_signal_abandons_the_request(endpoint: str) -> None:
         worker.wait_for_log("request 8: handling")
         worker.proc.send_signal(signal.SIGTERM)
         worker.wait_for_log("finishing the current request")
+        time.sleep(REPEATED_SIGNAL_GRACE)  # the behaviour under test: a signal after the grace period escalates
         worker.proc.send_signal(signal.SIGTERM)
         broker.expect(Disconnect, timeout=5)
         assert worker.proc.wait(10) == 1
         assert "abandoning 1 request" in worker.text()
+
+
+def test_signal_repeated_at_once_is_the_same_request_to_stop(endpoint: str) -> None:
+    """Container runtimes (Singularity's starter under Slurm) may deliver one SIGTERM twice."""
+    with FakeBroker(endpoint) as broker, WorkerProcess("--broker", endpoint, "--kind", "sleep") as worker:
+        identity, _ = broker.expect(Ready)
+        broker.send(identity, WorkerRequest(CLIENT, request_body(9, [b"1"]).encode()))
+        worker.wait_for_log("request 9: handling")
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.wait_for_log("finishing the current request")
+        worker.proc.send_signal(signal.SIGTERM)
+        _, reply = broker.expect(WorkerReply, timeout=10)
+        assert decode_body(reply.body).request_id == 9 and decode_body(reply.body).kind == BodyKind.RESULT
+        broker.expect(Disconnect, timeout=5)
+        assert worker.proc.wait(10) == 0
+        assert "again within" in worker.text()
 
 
 def test_reply_for_a_replaced_connection_is_dropped(endpoint: str) -> None:

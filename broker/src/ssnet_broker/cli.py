@@ -11,6 +11,7 @@ from ssnet_broker.broker import Broker, BrokerConfig
 from ssnet_broker.state import Limits
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.rendezvous import BrokerEndpoint, EndpointPublisher
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="requests a service may have waiting; beyond it clients get an error reply at once")
     options.add("--max-attempts", default=3, type=cfg.positive_int,
                 help="workers a request may be given to, in all, when its workers die before answering")
+    options.add("--endpoint-file", default=None,
+                help="once the broker answers, write where it listens (host, tcp://host:port endpoints, metrics "
+                     "port, pid, start time, run id) to this JSON file, atomically, for ssnet-worker/ssnet-client "
+                     "--broker-file; removed again when the broker stops")
+    options.add("--advertise-host", default=None,
+                help="host name written to --endpoint-file in place of a wildcard bind address "
+                     "(default: this machine's host name)")
     cfg.add_common_options(options)
     return parser
 
@@ -70,7 +78,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             serve_metrics(registry, config.metrics_port, config.metrics_addr)
         broker = Broker(config, metrics)
         broker.install_signal_handlers()
-        broker.run()
+        publisher = None
+        if args.endpoint_file:  # written by a thread once the broker answers on its advertised frontend
+            endpoint = BrokerEndpoint.create(config.frontend, config.backend, host=args.advertise_host,
+                                             metrics_port=config.metrics_port)
+            publisher = EndpointPublisher(args.endpoint_file, endpoint, lambda message: broker.stop()).start()
+        try:
+            broker.run()
+        finally:
+            if publisher is not None:
+                publisher.close()
+        if publisher is not None and publisher.failed:
+            raise SSNetError("could not publish the endpoint file; broker stopped")
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

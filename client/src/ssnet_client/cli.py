@@ -13,6 +13,7 @@ from ssnet_client.base import ClientConfig
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
+from ssnet_common.rendezvous import add_broker_file_options, broker_from_file
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options = cfg.EnvOptions(parser, "SSNET_CLIENT_")
     options.add("--broker", default="tcp://localhost:5559", type=cfg.endpoint, help="broker frontend endpoint")
+    add_broker_file_options(options)
     options.add("--service", default="dummy", help="service to send the images to (e.g. dummy, echo, ssnet)")
     options.add("--input", default=None, type=str.split, nargs="+", action=_Extend,
                 help="input LArCV1 file(s), read as one sequence of entries (environment: space-separated)")
@@ -121,6 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg.configure_logging(args.log_level, "ssnet-client")
     try:
+        found = broker_from_file(args, argv)  # --broker-file: wait for the broker's endpoint file
+        if found is not None:
+            args.broker = found.frontend
         config = config_from_args(args)
         registry = None
         if args.metrics_port:

@@ -235,6 +235,7 @@ class _Done:
 
 
 _StopRequest = Union[int, str]  # a signal number, "stop" or "force"
+REPEATED_SIGNAL_GRACE = 2.0  # seconds in which a second SIGTERM/SIGINT is taken as the same request to stop
 
 
 def _describe(body: Sequence[Frame]) -> str:
@@ -469,6 +470,7 @@ class _Session:
         self.last_heard = time.monotonic()
         self.in_flight = 0
         self.stop_level = 0  # 0 running, 1 finish the current request and stop, 2 stop now
+        self.stopping_since = 0.0  # when stop_level became 1
         self.abandoned = False
 
     # ------------------------------------------------------------------------------------------- loop
@@ -506,14 +508,21 @@ class _Session:
                 request = self.stop_requests.get_nowait()
             except queue.Empty:
                 return
+            now = time.monotonic()
             if request == "force":
                 level = 2
             elif request == "stop":
                 level = max(self.stop_level, 1)
+            elif self.stop_level == 1 and now - self.stopping_since < REPEATED_SIGNAL_GRACE:
+                log.info("signal %s again within %g s: ignored (container runtimes may forward one signal twice)",
+                         request, REPEATED_SIGNAL_GRACE)
+                continue
             else:
                 level = min(self.stop_level + 1, 2)
             if level == self.stop_level:
                 continue
+            if level == 1:
+                self.stopping_since = now
             self.stop_level = level
             what = signal.Signals(request).name if isinstance(request, int) else f"{request}()"
             if level == 1 and self.in_flight:

@@ -51,6 +51,7 @@ from ssnet_common.config import (
     positive_int,
 )
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.rendezvous import EndpointWatcher, add_broker_file_options, broker_from_file
 from ssnet_worker.base import DEFAULT_BROKER, Worker, WorkerConfig
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 
@@ -184,6 +185,7 @@ def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentP
     )
     options = EnvOptions(parser, "SSNET_WORKER_", environ)
     options.add("--broker", default=DEFAULT_BROKER, type=endpoint, help="broker endpoint for workers")
+    add_broker_file_options(options)
     options.add("--kind", default="dummy", type=_kind_name, help=f"worker kind ({', '.join(KINDS)})")
     options.add("--service", default=None, help="service name to register (default: the kind's name)")
     options.add(
@@ -227,10 +229,20 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
         return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     configure_logging(args.log_level, PROG)
     try:
+        found = broker_from_file(args, argv)  # --broker-file: wait for the broker's endpoint file
+        if found is not None:
+            args.broker = found.backend
         config = config_from_args(args)
         worker = KINDS[args.kind].factory(config, args, CollectorRegistry())
         log.info("starting %s worker for service %r, broker %s", args.kind, config.service, config.broker)
-        return worker.run()
+        if found is None:
+            return worker.run()
+        # Follow the file: when it names another broker or is gone, finish the request and stop (exit 0).
+        watcher = EndpointWatcher(args.broker_file, found, lambda reason: worker.stop()).start()
+        try:
+            return worker.run()
+        finally:
+            watcher.close()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2

@@ -33,6 +33,7 @@ import math
 import os
 import re
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -199,10 +200,11 @@ def _in_test_phase(layer: Message) -> bool:
     return not any(matches(rule) for rule in layer.get("exclude", []))
 
 
-def load_net_spec(prototxt: Union[str, Path]) -> NetSpec:
+def load_net_spec(prototxt: Union[str, Path], data: Optional[bytes] = None) -> NetSpec:
     """Read and check a prototxt (new ``layer {}`` format, one input); any problem is a ConfigError."""
     path = str(prototxt)
-    data = _read_file(path, "prototxt")
+    if data is None:
+        data = _read_file(path, "prototxt")
     if b"\0" in data:
         raise ConfigError(f"prototxt {path}: binary data, not a text prototxt (is it the caffemodel?)")
     text = data.decode("utf-8", errors="replace")
@@ -341,10 +343,12 @@ def _blob_info(buf: memoryview) -> Tuple[Shape, bool, int]:
     return (), False, count
 
 
-def read_caffemodel_shapes(caffemodel: Union[str, Path]) -> Dict[str, List[Tuple[Shape, bool]]]:
+def read_caffemodel_shapes(
+    caffemodel: Union[str, Path], content: Optional[bytes] = None,
+) -> Dict[str, List[Tuple[Shape, bool]]]:
     """``{layer name: [(blob shape, legacy?), ...]}`` of a binary caffemodel, checked for consistency."""
     path = str(caffemodel)
-    data = memoryview(_read_file(path, "caffemodel"))
+    data = memoryview(_read_file(path, "caffemodel") if content is None else content)
     layers: Dict[str, List[Tuple[Shape, bool]]] = {}
     try:
         for number, _, value in _fields(data):
@@ -622,20 +626,20 @@ class Engine(ABC):
         channels = self.spec.input_shape[1]
         if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != channels:
             raise InputShapeError(
-                f"input of shape {fmt_shape(image.shape)}: expected 1x{channels}xHxW (one image: the batch size "
+                f"image of shape {fmt_shape(image.shape)}: expected 1x{channels}xHxW (one image: the batch size "
                 "is always 1 because BatchNorm uses the statistics of the batch)"
             )
         if min(image.shape) < 1:
-            raise InputShapeError(f"input of shape {fmt_shape(image.shape)} is empty")
+            raise InputShapeError(f"image of shape {fmt_shape(image.shape)} is empty")
         if self._checked:
             h, w = image.shape[2:]
             try:
                 out = self.expected_output(image.shape)
             except InputShapeError as exc:
-                raise InputShapeError(f"input of shape {fmt_shape(image.shape)}: {exc}; {self._size_hint(h, w)}") \
+                raise InputShapeError(f"image of shape {fmt_shape(image.shape)}: {exc}; {self._size_hint(h, w)}") \
                     from None
             if out[0] != 1 or out[2:] != (h, w):
-                raise InputShapeError(f"input of shape {fmt_shape(image.shape)}: the output {self.output!r} would be "
+                raise InputShapeError(f"image of shape {fmt_shape(image.shape)}: the output {self.output!r} would be "
                                       f"{fmt_shape(out)}, not 1xKx{h}x{w}; {self._size_hint(h, w)}")
         return np.ascontiguousarray(image, dtype=np.float32)
 
@@ -667,10 +671,13 @@ class Engine(ABC):
         return out
 
 
-def _check_files(prototxt: Union[str, Path], caffemodel: Union[str, Path], output: str) -> Tuple[NetSpec, bool]:
+def _check_files(
+    prototxt: Union[str, Path], caffemodel: Union[str, Path], output: str,
+    prototxt_data: Optional[bytes] = None, caffemodel_data: Optional[bytes] = None,
+) -> Tuple[NetSpec, bool]:
     """Everything that can be checked before an engine touches the files: (spec, shapes checked?)."""
-    spec = load_net_spec(prototxt)
-    model = read_caffemodel_shapes(caffemodel)
+    spec = load_net_spec(prototxt, prototxt_data)
+    model = read_caffemodel_shapes(caffemodel, caffemodel_data)
     try:
         plan = infer_shapes(spec, spec.input_shape)
     except UnsupportedLayer as exc:
@@ -795,24 +802,33 @@ def import_cv2() -> Any:
 
 
 def import_caffe() -> Any:
-    """``import caffe``, with glog's INFO lines (the whole net, printed at every load) turned off by default."""
-    os.environ.setdefault("GLOG_minloglevel", "1")
+    """``import caffe``, with glog's INFO and WARNING lines (the whole net at every load) off by default."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe  # type: ignore[import-not-found,unused-ignore]
 
     return caffe
 
 
 class OpenCVEngine(Engine):
-    """OpenCV 4.x DNN (``cv2.dnn.readNetFromCaffe``) on the CPU."""
+    """OpenCV 4.x DNN (``cv2.dnn.readNetFromCaffe``) on the CPU.
+
+    One ``cv2.dnn.Net`` per input size: OpenCV 4.5 and 4.14 alike return wrong outputs (off by up to 0.67 on
+    the tiny net) once a net that ran at one size runs at another, for that and every later image, unless
+    layer fusion is off.  Fusion is kept (it is the fast path) and each size gets its own net, built from the
+    model bytes read once at load; the ``NETS_KEPT`` most recently used sizes are kept.
+    """
 
     name = "opencv"
+    NETS_KEPT = 3
 
-    def __init__(self, spec: NetSpec, output: str, checked: bool, net: Any, cv2: Any) -> None:
+    def __init__(self, spec: NetSpec, output: str, checked: bool, cv2: Any, model: Tuple[bytes, bytes]) -> None:
         super().__init__(spec, output, checked)
-        self._net = net
         self._cv2 = cv2
+        self._model = model
+        self._nets: OrderedDict[Shape, Any] = OrderedDict()
         # forward() names a layer: the last one that writes the output blob.
         self._output_layer = next((lay.name for lay in reversed(spec.layers) if output in lay.tops), output)
+        self._nets[spec.input_shape] = self._new_net()  # now, so that a file OpenCV rejects fails the load
 
     @classmethod
     def load(
@@ -822,19 +838,24 @@ class OpenCVEngine(Engine):
         if gpu is not None:
             raise ConfigError(f"the opencv engine runs on the CPU only (GPU {gpu} requested): use the caffe "
                               "engine for a GPU")
-        spec, checked = _check_files(prototxt, caffemodel, output)
+        model = (_read_file(str(prototxt), "prototxt"), _read_file(str(caffemodel), "caffemodel"))
+        spec, checked = _check_files(prototxt, caffemodel, output, *model)
         cv2 = import_cv2()
         if int(cv2.__version__.split(".")[0]) >= 5:
             raise ConfigError(f"OpenCV {cv2.__version__} has no Caffe importer: the opencv engine needs OpenCV 4.x")
         if threads is not None:
             cv2.setNumThreads(threads)
         try:
-            net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+            return cls(spec, output, checked, cv2, model)
         except cv2.error as exc:
             raise ConfigError(f"OpenCV cannot load {prototxt} with {caffemodel}: {_cv_message(exc)}") from None
-        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        return cls(spec, output, checked, net, cv2)
+
+    def _new_net(self) -> Any:
+        dnn = self._cv2.dnn
+        net = dnn.readNetFromCaffe(*(np.frombuffer(data, dtype=np.uint8) for data in self._model))
+        net.setPreferableBackend(dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(dnn.DNN_TARGET_CPU)
+        return net
 
     @property
     def device(self) -> str:
@@ -849,8 +870,14 @@ class OpenCVEngine(Engine):
 
     def _forward(self, image: np.ndarray) -> np.ndarray:
         try:
-            self._net.setInput(image)
-            out = self._net.forward(self._output_layer)
+            net = self._nets.pop(image.shape, None)
+            if net is None:
+                net = self._new_net()
+                while len(self._nets) >= self.NETS_KEPT:
+                    self._nets.popitem(last=False)
+            self._nets[image.shape] = net
+            net.setInput(image)
+            out = net.forward(self._output_layer)
         except self._cv2.error as exc:
             raise RuntimeError(f"opencv forward failed for input {fmt_shape(image.shape)}: {_cv_message(exc)}") \
                 from None
@@ -893,7 +920,7 @@ def make_engine(
         library = "pycaffe ('import caffe')" if name == "caffe" else "OpenCV 4.x ('import cv2')"
         raise ConfigError(f"engine {name!r} is not available here: {library} cannot be imported")
     engine: Engine = ENGINES[name].load(prototxt, caffemodel, gpu, threads=threads, output=output)
-    log.info("loaded %s with %s (%s)", prototxt, caffemodel, engine.describe())
+    log.debug("loaded %s with %s (%s)", prototxt, caffemodel, engine.describe())
     return engine
 
 

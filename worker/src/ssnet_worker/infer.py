@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, cast
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from ssnet_common.config import (
     positive_int,
 )
 from ssnet_common.errors import ConfigError, SSNetError
-from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, make_engine
+from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, InputShapeError, make_engine
 
 log = logging.getLogger("ssnet_worker.infer")
 
@@ -95,7 +95,10 @@ def run(args: argparse.Namespace) -> None:
     output = check_output_path(args.output)
     engine = make_engine(args.engine, args.prototxt, args.weights, args.gpu, threads=args.threads,
                          output=args.output_blob)
-    engine.check_input(np.zeros((1, *inputs.shape[1:]), dtype=np.float32))  # every image has this shape
+    try:  # every image has this shape: check it once, before any work
+        engine.check_input(np.zeros((1, *inputs.shape[1:]), dtype=np.float32))
+    except InputShapeError as exc:
+        raise InputError(f"input {args.input} ({'x'.join(map(str, inputs.shape))}): {exc}") from None
     n = inputs.shape[0]
     log.info("engine %s; %d image(s) of %s from %s", engine.describe(), n,
              "x".join(map(str, inputs.shape[1:])), args.input)
@@ -103,19 +106,22 @@ def run(args: argparse.Namespace) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     try:
-        result: Optional[np.ndarray] = None
+        result: Optional[np.memmap[Any, Any]] = None
         times: List[float] = []
         for i in range(n):
             start = time.perf_counter()
             out = engine.forward(np.asarray(inputs[i:i + 1]))
             times.append(time.perf_counter() - start)
             if result is None:
-                result = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.float32, shape=(n, *out.shape[1:]))
+                result = cast("np.memmap[Any, Any]", np.lib.format.open_memmap(
+                    tmp_name, mode="w+", dtype=np.float32, shape=(n, *out.shape[1:])))
             result[i] = out[0]
             log.info("image %d/%d: %.3f s", i + 1, n, times[-1])
         assert result is not None
         result.flush()
         del result
+        with open(tmp_name, "rb+") as written:
+            os.fsync(written.fileno())
         os.chmod(tmp_name, 0o644 & ~_umask())
         os.replace(tmp_name, output)
     except BaseException:

@@ -160,7 +160,8 @@ class SSNetWorker(Worker):
         self.output_dtype = np.dtype(output_dtype)
         self.engines: Dict[int, Engine] = {}
         metrics_registry = self.metrics.registry
-        self.load_seconds = Gauge("ssnet_worker_model_load_seconds", "Time taken to load each plane's network",
+        self.load_seconds = Gauge("ssnet_worker_model_load_seconds",
+                                  "Time taken to load each plane's network and run a first forward pass",
                                   ["plane"], registry=metrics_registry)
         self.inference = Histogram("ssnet_worker_inference_seconds", "Forward-pass time per image, by plane",
                                    ["plane"], buckets=LATENCY_BUCKETS, registry=metrics_registry)
@@ -169,8 +170,10 @@ class SSNetWorker(Worker):
         """Load every plane's network once, before registering with the broker."""
         for plane in self.planes:
             start = time.monotonic()
-            self.engines[plane] = make_engine(self.engine_name, self.models.prototxt, self.models.weights[plane],
-                                              self.gpu, threads=self.threads)
+            engine = make_engine(self.engine_name, self.models.prototxt, self.models.weights[plane], self.gpu,
+                                 threads=self.threads)
+            engine.forward(np.zeros(engine.input_shape, np.float32))  # warm up: Caffe allocates on its first pass
+            self.engines[plane] = engine
             seconds = time.monotonic() - start
             self.load_seconds.labels(plane=str(plane)).set(seconds)
             log.info("plane %d: %s with %s loaded in %.2f s (%s)", plane, self.models.prototxt.name,

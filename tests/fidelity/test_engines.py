@@ -1,0 +1,257 @@
+"""Both engines against genuine Caffe: the tiny net's reference outputs, SSNet cross-checks, clear errors.
+
+Runs wherever ``caffe`` (pycaffe) or OpenCV 4.x ``cv2`` can be imported; the caffe-vs-opencv comparisons
+need both, which only the worker image has: ``tests/fidelity/run-in-worker-image.sh``.  The models come
+from the shared material: ``$SSNET_SHARED`` or ``../shared`` beside the checkout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+import numpy as np
+import pytest
+
+from ssnet_common.errors import ConfigError
+from ssnet_worker.engines import ENGINE_NAMES, Engine, InputShapeError, engine_available, make_engine
+
+SHARED = Path(os.environ.get("SSNET_SHARED") or Path(__file__).resolve().parents[2].parent / "shared")
+TINY = SHARED / "models" / "tiny"
+SSNET = SHARED / "models" / "ssnet"
+TINY_NET = (TINY / "tiny_uresnet.prototxt", TINY / "tiny_uresnet.caffemodel")
+SSNET_NET = (SSNET / "dllee_ssnet2018.prototxt", SSNET / "ssnet_random_plane0.caffemodel")
+
+AVAILABLE = [name for name in ENGINE_NAMES if engine_available(name)]
+pytestmark = [
+    pytest.mark.skipif(not AVAILABLE, reason="neither pycaffe ('import caffe') nor OpenCV 4.x ('import cv2') "
+                       "is importable here; run tests/fidelity/run-in-worker-image.sh"),
+    pytest.mark.skipif(not TINY_NET[1].is_file(), reason=f"shared models not found under {SHARED} "
+                       "(set SSNET_SHARED or keep ../shared beside the checkout)"),
+]
+both_engines = pytest.mark.skipif(
+    len(AVAILABLE) < 2, reason="needs both caffe and opencv (only the worker image has both)")
+engines = pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.skipif(name not in AVAILABLE, reason=f"engine {name} not importable"))
+    for name in ENGINE_NAMES
+])
+
+
+def report(text: str) -> None:
+    """Numbers worth seeing in the log (``pytest -rP`` shows them)."""
+    sys.stdout.write(text + "\n")
+
+
+def sparse_adc_image(seed: int, height: int = 512, width: int = 512) -> np.ndarray:
+    """A 1x1xHxW image like a LArTPC wire plane: mostly zeros, a few tracks and shower blobs of 10-500 ADC."""
+    rng = np.random.RandomState(seed)
+    image = np.zeros((height, width), np.float32)
+    for _ in range(rng.randint(3, 7)):  # tracks: straight lines, 1-2 pixels wide
+        y0, x0 = rng.uniform(0, height), rng.uniform(0, width)
+        angle, length = rng.uniform(0, np.pi), rng.uniform(40, 300)
+        steps = np.linspace(0, length, int(length) * 2)
+        ys = np.clip((y0 + steps * np.sin(angle)).astype(int), 0, height - 1)
+        xs = np.clip((x0 + steps * np.cos(angle)).astype(int), 0, width - 1)
+        image[ys, xs] = rng.uniform(20, 120, ys.size)
+        image[np.clip(ys + 1, 0, height - 1), xs] = rng.uniform(10, 60, ys.size)
+    for _ in range(rng.randint(1, 4)):  # showers: sparse gaussian blobs with hot spots
+        cy, cx, spread = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, 25)
+        n = rng.randint(100, 600)
+        ys = np.clip(rng.normal(cy, spread, n).astype(int), 0, height - 1)
+        xs = np.clip(rng.normal(cx, spread, n).astype(int), 0, width - 1)
+        image[ys, xs] = rng.uniform(10, 500, n)
+    return image[None, None]
+
+
+@pytest.fixture(scope="module")
+def tiny_engines() -> Iterator[Dict[str, Engine]]:
+    yield {name: make_engine(name, *TINY_NET) for name in AVAILABLE}
+
+
+@pytest.fixture(scope="module")
+def reference() -> Dict[str, np.ndarray]:
+    with np.load(TINY / "reference_io.npz") as data:
+        return {"inputs": data["inputs"], "softmax": data["softmax"], "batch_size": data["batch_size"]}
+
+
+@engines
+def test_tiny_net_reproduces_genuine_caffe(name: str, tiny_engines: Dict[str, Engine],
+                                           reference: Dict[str, np.ndarray]) -> None:
+    engine = tiny_engines[name]
+    assert int(reference["batch_size"]) == 1
+    assert engine.device == "cpu"
+    worst = 0.0
+    for i, image in enumerate(reference["inputs"]):
+        out = engine.forward(image[None])
+        assert out.shape == (1, 3, 64, 64) and out.dtype == np.float32
+        diff = float(np.abs(out[0] - reference["softmax"][i]).max())
+        assert diff <= 1e-4, f"image {i}: max |{name} - genuine Caffe| = {diff:.3g}"
+        worst = max(worst, diff)
+    report(f"tiny net, {name}: max |diff| to the genuine-Caffe reference {worst:.2e} ({engine.describe()})")
+
+
+@engines
+def test_forward_leaves_no_state_between_images(name: str, tiny_engines: Dict[str, Engine],
+                                                reference: Dict[str, np.ndarray]) -> None:
+    """Batch size 1, image by image: the same image gives the same output whatever ran before it."""
+    engine = tiny_engines[name]
+    first = engine.forward(reference["inputs"][:1])
+    engine.forward(reference["inputs"][1:2])
+    engine.forward(np.zeros((1, 1, 48, 64), np.float32))  # another size in between
+    np.testing.assert_array_equal(engine.forward(reference["inputs"][:1]), first)
+
+
+@both_engines
+@pytest.mark.parametrize("size", [(48, 64), (64, 32), (60, 60), (128, 96)])
+def test_tiny_net_engines_agree_on_other_sizes(size: tuple, tiny_engines: Dict[str, Engine]) -> None:
+    image = sparse_adc_image(seed=size[0] * 1000 + size[1], height=size[0], width=size[1])
+    outs = {name: engine.forward(image) for name, engine in tiny_engines.items()}
+    assert outs["caffe"].shape == (1, 3, *size)
+    assert float(np.abs(outs["caffe"] - outs["opencv"]).max()) <= 1e-4
+
+
+@pytest.mark.skipif("opencv" not in AVAILABLE, reason="engine opencv not importable")
+def test_shape_check_matches_what_opencv_accepts(tiny_engines: Dict[str, Engine]) -> None:
+    """The shape check (which guards genuine Caffe from aborting) agrees with OpenCV's own, size by size."""
+    import cv2
+
+    engine = tiny_engines["opencv"]
+    net = cv2.dnn.readNetFromCaffe(*map(str, TINY_NET))
+    with _stderr_to_devnull():  # OpenCV logs every size it cannot take as an ERROR
+        _compare_sizes(engine, net, cv2)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _compare_sizes(engine: Engine, net: Any, cv2: Any) -> None:
+    for size in range(4, 81):
+        image = np.zeros((1, 1, size, size + 4), np.float32)
+        try:
+            net.setInput(image)
+            opencv_ok = net.forward("softmax").shape == (1, 3, size, size + 4)
+        except cv2.error:
+            opencv_ok = False
+        try:
+            engine.check_input(image)
+            check_ok = True
+        except InputShapeError:
+            check_ok = False
+        assert check_ok == opencv_ok, f"size {size}x{size + 4}: check says {check_ok}, OpenCV {opencv_ok}"
+
+
+@pytest.fixture(scope="module")
+def ssnet_outputs() -> Dict[str, np.ndarray]:
+    if not SSNET_NET[1].is_file():
+        pytest.skip(f"SSNet model not found under {SSNET}")
+    image = sparse_adc_image(seed=2018)
+    outs = {}
+    for name in ENGINE_NAMES:  # one engine at a time: genuine Caffe peaks near 6 GB on SSNet
+        engine = make_engine(name, *SSNET_NET)
+        outs[name] = engine.forward(image)
+        report(f"SSNet, {name}: {engine.describe()}")
+        del engine
+    nonzero = int(np.count_nonzero(image))
+    report(f"SSNet input: 512x512, {nonzero} nonzero pixels ({100 * nonzero / image.size:.2f} %), "
+           f"ADC {image[image > 0].min():.0f}-{image.max():.0f}")
+    return outs
+
+
+@both_engines
+@pytest.mark.slow
+def test_ssnet_engines_agree(ssnet_outputs: Dict[str, np.ndarray]) -> None:
+    caffe_out, opencv_out = ssnet_outputs["caffe"], ssnet_outputs["opencv"]
+    assert caffe_out.shape == opencv_out.shape == (1, 3, 512, 512)
+    diff = np.abs(caffe_out - opencv_out)
+    same_class = float((caffe_out.argmax(axis=1) == opencv_out.argmax(axis=1)).mean())
+    classes = np.bincount(caffe_out.argmax(axis=1).ravel(), minlength=3)
+    report(f"SSNet caffe vs opencv: max |diff| {diff.max():.2e}, mean {diff.mean():.2e}, "
+           f"top class agrees on {100 * same_class:.4f} % of pixels (caffe's classes: {classes.tolist()})")
+    assert float(diff.max()) <= 2e-3
+    assert float(diff.mean()) <= 1e-4
+    assert same_class >= 0.999
+
+
+@engines
+def test_wrong_input_shapes_are_clear_errors(name: str, tiny_engines: Dict[str, Engine]) -> None:
+    engine = tiny_engines[name]
+    with pytest.raises(InputShapeError, match=r"1x1x63x63.*Concat.*H=63 does not fit the net.*60 or 64"):
+        engine.forward(np.zeros((1, 1, 63, 63), np.float32))
+    with pytest.raises(InputShapeError, match=r"2x1x64x64.*batch size is always 1"):
+        engine.forward(np.zeros((2, 1, 64, 64), np.float32))
+    with pytest.raises(InputShapeError, match=r"shape 64x64: expected 1x1xHxW"):
+        engine.forward(np.zeros((64, 64), np.float32))
+    with pytest.raises(InputShapeError, match=r"too small|smaller than"):
+        engine.forward(np.zeros((1, 1, 2, 2), np.float32))
+    # the engine still works afterwards
+    assert engine.forward(np.zeros((1, 1, 64, 64), np.float32)).shape == (1, 3, 64, 64)
+
+
+@engines
+def test_ssnet_wrong_size_is_refused_before_the_engine_runs(name: str) -> None:
+    if not SSNET_NET[1].is_file():
+        pytest.skip(f"SSNet model not found under {SSNET}")
+    engine = make_engine(name, *SSNET_NET)
+    with pytest.raises(InputShapeError, match=r"1x1x500x512.*H=500 does not fit the net.*480 or 512"):
+        engine.forward(np.zeros((1, 1, 500, 512), np.float32))
+
+
+@engines
+def test_missing_or_mismatched_model_files_are_config_errors(name: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.caffemodel"
+    with pytest.raises(ConfigError, match=re.escape(f"{missing}: no such file")):
+        make_engine(name, TINY_NET[0], missing)
+    with pytest.raises(ConfigError, match=r"missing\.prototxt: no such file"):
+        make_engine(name, tmp_path / "missing.prototxt", TINY_NET[1])
+    with pytest.raises(ConfigError, match="not a binary Caffe model"):
+        make_engine(name, TINY_NET[0], TINY_NET[0])
+    with pytest.raises(ConfigError, match="not a text prototxt"):
+        make_engine(name, TINY_NET[1], TINY_NET[1])
+    if SSNET_NET[1].is_file():  # genuine Caffe aborts and OpenCV crashes on these without the check
+        with pytest.raises(ConfigError, match=r"layer 'conv0' has weights of shape 16x1x7x7, 16 but .* needs 4x1x7x7"):
+            make_engine(name, TINY_NET[0], SSNET_NET[1])
+        with pytest.raises(ConfigError, match="belong together"):
+            make_engine(name, SSNET_NET[0], TINY_NET[1])
+    with pytest.raises(ConfigError, match="no blob named 'nope'"):
+        make_engine(name, *TINY_NET, output="nope")
+
+
+@engines
+def test_threads_are_set_and_reported(name: str) -> None:
+    engine = make_engine(name, *TINY_NET, threads=1)
+    assert engine.threads == 1
+    assert "1 threads" in engine.describe()
+
+
+@pytest.mark.skipif("opencv" not in AVAILABLE, reason="engine opencv not importable")
+def test_opencv_refuses_a_gpu() -> None:
+    with pytest.raises(ConfigError, match="CPU only"):
+        make_engine("opencv", *TINY_NET, gpu=0)
+
+
+@pytest.mark.skipif("caffe" not in AVAILABLE, reason="engine caffe not importable")
+def test_cpu_only_caffe_refuses_a_gpu_instead_of_aborting() -> None:
+    from ssnet_worker.engines import _cuda_device_count
+
+    if _cuda_device_count() is not None:
+        pytest.skip("this Caffe has CUDA")
+    with pytest.raises(ConfigError, match="CPU-only build"):
+        make_engine("caffe", *TINY_NET, gpu=0)
+
+
+def test_unknown_engine_name() -> None:
+    with pytest.raises(ConfigError, match="unknown engine 'torch'"):
+        make_engine("torch", *TINY_NET)
