@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any, Callable, Mapping, Optional
@@ -88,44 +89,30 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use 1/0, true/false, yes/no, on/off)")
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, kind: Callable[[str], Any], ok: Callable[[Any], bool], needs: str) -> Any:
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {needs}, got {text!r}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return float(_number(text, float, lambda v: 0 < v < math.inf, "a positive number"))
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text!r}")
-    return value
+    return float(_number(text, float, lambda v: 0 <= v < math.inf, "0 or a positive number"))
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
-    return value
+    return int(_number(text, int, lambda v: v >= 1, "at least 1"))
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
-    return value
+    return int(_number(text, int, lambda v: v >= 0, "0 or more"))
 
 
 def port_number(text: str) -> int:
