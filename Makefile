@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_SOURCES := common broker worker client tests bench scripts examples
 
-.PHONY: demo test venv lint typecheck pytest pytest39 clean
+.PHONY: demo test venv lint typecheck pytest pytest39 images containers clean
 
 venv: $(VENV)/.stamp
 
@@ -17,7 +17,7 @@ $(VENV)/.stamp: scripts/bootstrap.sh requirements-dev.txt */pyproject.toml
 demo: venv
 	$(BIN)/ssnet-local
 
-test: lint typecheck pytest pytest39
+test: lint typecheck images pytest pytest39
 
 lint: venv
 	$(BIN)/ruff check $(PY_SOURCES)
@@ -28,11 +28,31 @@ typecheck: venv
 pytest: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The container images (docker/build.sh), which tests/container runs (compose stacks, the fidelity tests in the
+# worker image).  Under CI=true `containers` sets everything up first; elsewhere the images are built when a
+# Docker engine answers, and the container tests skip, saying so, when none does.
+IMAGES := broker client worker prometheus
+images: venv
+ifeq ($(CI),true)
+	$(MAKE) containers
+else
+	@if docker info >/dev/null 2>&1; then PYTHON=$(BIN)/python docker/build.sh $(IMAGES); \
+	else echo "images: no Docker engine answers here: the container tests (tests/container) will be skipped"; fi
+endif
+
+# Where no registry is reachable (this project's CI): install and start the Docker engine (Debian's docker.io,
+# Compose v2 from trixie; needs root), make the Debian base images locally (debootstrap + docker import), then
+# build the images.  Each step skips what is already there.
+containers: venv
+	scripts/docker-engine.sh
+	scripts/base-images.sh
+	PYTHON=$(BIN)/python docker/build.sh $(IMAGES)
+
 # ssnet_common and ssnet_worker must run on Python 3.9 (the Caffe image): run their tests there too.
 PY39_TESTS := tests/unit/test_protocol.py tests/unit/test_ndarray.py tests/unit/test_imagemeta.py \
 	tests/unit/test_larcv1msg.py tests/unit/test_config.py tests/unit/test_worker_unit.py \
 	tests/unit/test_larcv1_read.py tests/unit/test_ssnet_unit.py tests/unit/test_batchmsg.py \
-	tests/unit/test_batch_preprocess.py tests/integration/test_worker_protocol.py
+	tests/unit/test_batch_preprocess.py tests/unit/test_health.py tests/integration/test_worker_protocol.py
 pytest39: venv
 	@if [ -x .venv39/bin/python ]; then \
 	  .venv39/bin/python -m pytest -q -p no:cacheprovider $(PY39_TESTS); \

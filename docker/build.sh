@@ -1,10 +1,30 @@
 #!/usr/bin/env bash
-# Build the ssnet-server images:  docker/build.sh [IMAGE ...]   (default: worker)
-# Each IMAGE is docker/IMAGE/Dockerfile, built as ${SSNET_IMAGE_PREFIX:-ssnet-}IMAGE:${SSNET_IMAGE_TAG:-cpu}
-# from a small context holding only wheelhouse/: py3-none-any wheels of the project's packages, built here
-# (a copy of the sources is built, so the checkout gets no build/ or egg-info directories).
-#   PYTHON  the interpreter that builds the wheels (default python3; it needs pip)
-#   extra `docker build` flags after `--`:  docker/build.sh worker -- --build-arg THREADS=4
+# Build the ssnet-server images:  docker/build.sh [IMAGE ...] [-- docker build flags]
+#   (default: broker client worker)
+#   broker      ssnet-broker:latest      Debian bookworm-slim, Debian's Python 3.11, pyzmq and prometheus-client
+#   client      ssnet-client:latest      bookworm-slim, ROOT 6.40's Python package + uproot (LArCV1 I/O)
+#   worker      ssnet-worker:cpu         Debian bullseye-slim, genuine python3-caffe + OpenBLAS, OpenCV 4.5 DNN
+#   worker-gpu  ssnet-worker:gpu         the same Dockerfile on a CUDA-enabled Caffe base image, named by
+#                                        SSNET_GPU_BASE_IMAGE (required); not built by default, and not in this
+#                                        project's CI (no GPU there)
+#   prometheus  ssnet-prometheus:latest  Debian's prometheus package (compose profile `monitoring`)
+#
+# Every image installs ssnet_common plus its own package only, from a small build context this script makes:
+#   wheelhouse/  py3-none-any wheels of the project's packages, built here from a copy of the sources (so the
+#                checkout gets no build/ or egg-info directories), with fixed timestamps (same sources, same
+#                wheels, so docker's layer cache holds)
+#   deps/        client only: the third-party wheels of docker/client/requirements.txt, downloaded here with
+#                `pip download` into a cache directory keyed by that file's hash and reused while it is there
+# so no image build reaches the Python package index; base images come from the registry (`docker build`
+# pulls them) or, where none is reachable, from scripts/base-images.sh.  It also makes ./out, compose.yaml's
+# default output directory, so that it belongs to the user who builds rather than to root.
+#
+#   PYTHON                interpreter that builds and downloads the wheels (default python3; it needs pip)
+#   SSNET_CACHE_DIR       cache directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/ssnet-server)
+#   SSNET_GPU_BASE_IMAGE  worker-gpu: base image with a CUDA-enabled pycaffe (Python >= 3.9, apt)
+#   SSNET_GPU_CAFFE_PACKAGE  worker-gpu: Debian package that provides `import caffe` on that base (default: none,
+#                         the base has it)
+#   extra `docker build` flags after `--`:  docker/build.sh worker -- --build-arg THREADS=4 --no-cache
 set -euo pipefail
 cd "$(dirname "$0")/.."
 images=() build_flags=()
@@ -12,21 +32,86 @@ while [ $# -gt 0 ]; do
   if [ "$1" = -- ]; then shift; build_flags=("$@"); break; fi
   images+=("$1"); shift
 done
-[ ${#images[@]} -gt 0 ] || images=(worker)
+[ ${#images[@]} -gt 0 ] || images=(broker client worker)
+python=${PYTHON:-python3}
+cache=${SSNET_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ssnet-server}
+pip_quiet=(--quiet --disable-pip-version-check)
 
-ctx=$(mktemp -d)
-trap 'rm -rf "$ctx"' EXIT
-for pkg in common worker; do  # the packages the images install (add broker, client with their images)
-  mkdir -p "$ctx/src/$pkg"
-  cp -r "$pkg/pyproject.toml" "$pkg/src" "$ctx/src/$pkg/"
-done
-find "$ctx/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
-# Fixed zip timestamps: the same sources give the same wheels, so docker's layer cache holds across builds.
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
-"${PYTHON:-python3}" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$ctx/wheelhouse" "$ctx"/src/*
-ls "$ctx/wheelhouse"
+# image NAME -> tag, Dockerfile directory and the project packages it installs
+tag_of() {
+  case $1 in
+    broker) echo ssnet-broker:latest ;; client) echo ssnet-client:latest ;;
+    worker) echo ssnet-worker:cpu ;; worker-gpu) echo ssnet-worker:gpu ;;
+    prometheus) echo ssnet-prometheus:latest ;;
+    *) echo "build.sh: unknown image $1 (broker, client, worker, worker-gpu, prometheus)" >&2; exit 2 ;;
+  esac
+}
+packages_of() {
+  case $1 in broker) echo common broker ;; client) echo common client ;; worker*) echo common worker ;; esac
+}
+for image in "${images[@]}"; do tag_of "$image" >/dev/null; done
+if [[ " ${images[*]} " == *" worker-gpu "* ]] && [ -z "${SSNET_GPU_BASE_IMAGE:-}" ]; then
+  echo "build.sh: worker-gpu needs SSNET_GPU_BASE_IMAGE, a base image with a CUDA-enabled pycaffe" >&2; exit 2
+fi
+
+# compose.yaml's default output directory, made now by whoever builds: were it missing at `docker compose up`,
+# Docker would create it owned by root, and the client (SSNET_UID) could not write there.
+mkdir -p out
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The project's wheels, built once for every image.
+wheels=$work/wheels
+if [[ " ${images[*]} " != " prometheus " ]]; then
+  for pkg in common broker worker client; do
+    mkdir -p "$work/src/$pkg"
+    cp -r "$pkg/pyproject.toml" "$pkg/src" "$work/src/$pkg/"
+  done
+  find "$work/src" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
+  # Fixed zip timestamps: the same sources give the same wheels, so docker's layer cache holds across builds.
+  SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800} \
+    "$python" -m pip wheel "${pip_quiet[@]}" --no-deps -w "$wheels" "$work"/src/*
+fi
+
+# client_deps -> the directory holding the client's third-party wheels (downloaded once per requirements file).
+client_deps() {
+  local req=docker/client/requirements.txt dir
+  dir=$cache/wheels/client-py311-$(sha256sum "$req" | cut -c1-16)
+  if [ ! -f "$dir/.complete" ]; then
+    echo "build.sh: downloading the client's wheels into $dir" >&2
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    "$python" -m pip download "${pip_quiet[@]}" --no-deps --only-binary=:all: -d "$dir.tmp" -r "$req" \
+      --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 \
+      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
+    cp "$req" "$dir.tmp/requirements.txt"
+    touch "$dir.tmp/.complete"
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  echo "$dir"
+}
 
 for image in "${images[@]}"; do
-  docker build -f "docker/$image/Dockerfile" -t "${SSNET_IMAGE_PREFIX:-ssnet-}$image:${SSNET_IMAGE_TAG:-cpu}" \
-    ${build_flags[@]+"${build_flags[@]}"} "$ctx"
+  tag=$(tag_of "$image") dir=docker/${image%-gpu}
+  ctx=$work/context-$image
+  mkdir -p "$ctx"
+  if [ "$image" = prometheus ]; then
+    cp docker/prometheus/prometheus.yml "$ctx/"
+  else
+    mkdir -p "$ctx/wheelhouse"
+    for pkg in $(packages_of "$image"); do cp "$wheels/ssnet_$pkg"-*.whl "$ctx/wheelhouse/"; done
+  fi
+  if [ "$image" = client ]; then  # hard links where the cache is on the same filesystem: no copying 250 MB
+    deps=$(client_deps)
+    cp -l -r "$deps" "$ctx/deps" 2>/dev/null || cp -r "$deps" "$ctx/deps"
+  fi
+  args=()
+  if [ "$image" = worker-gpu ]; then
+    args=(--build-arg "BASE_IMAGE=$SSNET_GPU_BASE_IMAGE" --build-arg "CAFFE_PACKAGE=${SSNET_GPU_CAFFE_PACKAGE:-}")
+  fi
+  echo "build.sh: building $tag from $dir/Dockerfile" >&2
+  start=$SECONDS
+  docker build -f "$dir/Dockerfile" -t "$tag" ${args[@]+"${args[@]}"} ${build_flags[@]+"${build_flags[@]}"} "$ctx"
+  echo "build.sh: built $tag in $((SECONDS - start)) s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))" >&2
 done

@@ -43,6 +43,14 @@ class BrokerMetrics:
                                  ["side"], registry=registry)
         self._seen: set[str] = set()
 
+    def service_registered(self, service: str) -> None:
+        """Create the service's series at once, so rates and quantiles exist before its first request ends."""
+        self.requests.labels(service=service, outcome="ok")
+        self.latency.labels(service=service)
+        self.queue_wait.labels(service=service)
+        self.requeues.labels(service=service)
+        self.expirations.labels(service=service)
+
     def finished(self, service: str, outcome: Outcome, seconds: float) -> None:
         self.requests.labels(service=service, outcome=outcome.value).inc()
         self.latency.labels(service=service).observe(seconds)

@@ -196,6 +196,8 @@ class BrokerState:
         worker = Worker(identity, ready.service, ready.delimited, now + self.limits.worker_ttl, now)
         self.workers[identity] = worker
         self.registered.add(ready.service)
+        if self.metrics is not None:
+            self.metrics.service_registered(ready.service)
         service = self._service(ready.service)
         service.workers += 1
         service.idle[identity] = worker

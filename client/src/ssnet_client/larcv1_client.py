@@ -15,6 +15,7 @@ failed half-way can be resumed (``resume=True``) without redoing them.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -89,6 +90,9 @@ class LArCV1JobConfig:
             raise ConfigError("resume needs checkpoint chunks: give a checkpoint size")
         if Path(self.output).resolve() in {Path(p).resolve() for p in self.inputs}:
             raise ConfigError(f"output {self.output!r} is also an input")
+        folder = Path(self.output).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write the output {self.output!r}: {str(folder)!r} is not a writable directory")
 
 
 def producers_from_product_dict(product_dict: Mapping[str, Union[str, Sequence[str]]]) -> tuple[str, ...]:

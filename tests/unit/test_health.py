@@ -1,0 +1,77 @@
+"""``python3 -m ssnet_common.health``: the container health checks, judged without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from ssnet_common import health
+
+WORKER_PAGE = """\
+# HELP ssnet_worker_heartbeats_total Heartbeats exchanged with the broker, by direction (sent or received)
+# TYPE ssnet_worker_heartbeats_total counter
+ssnet_worker_heartbeats_total{direction="sent"} 4.0
+ssnet_worker_heartbeats_total{direction="received"} %(received)s
+ssnet_worker_heartbeats_created{direction="received"} 1.7e+09
+# TYPE ssnet_worker_broker_heartbeat_age_seconds gauge
+ssnet_worker_broker_heartbeat_age_seconds{service="dummy"} %(age)s
+"""
+
+
+@pytest.mark.parametrize(("bound", "connect"), [
+    ("tcp://*:5559", "tcp://127.0.0.1:5559"),
+    ("tcp://0.0.0.0:7000", "tcp://127.0.0.1:7000"),
+    ("tcp://[::]:7000", "tcp://127.0.0.1:7000"),
+    ("tcp://broker:5559", "tcp://broker:5559"),
+    ("ipc:///tmp/x/frontend", "ipc:///tmp/x/frontend"),
+])
+def test_local_endpoint(bound: str, connect: str) -> None:
+    assert health.local_endpoint(bound) == connect
+
+
+def test_samples_reads_names_labels_and_values_only_of_the_metric() -> None:
+    page = WORKER_PAGE % {"received": "3.0", "age": "0.5"}
+    assert health.samples(page, health.HEARTBEATS) == [('{direction="sent"}', 4.0), ('{direction="received"}', 3.0)]
+    assert health.samples(page, health.HEARTBEAT_AGE) == [('{service="dummy"}', 0.5)]
+    assert health.samples("garbage\nssnet_x NaN-ish\n", "ssnet_x") == []
+
+
+def test_registered_worker_hearing_its_broker_is_healthy() -> None:
+    healthy, why = health.check_worker_metrics(WORKER_PAGE % {"received": "3.0", "age": "1.25"}, 7.5)
+    assert healthy, why
+    assert "1.2 s ago" in why
+
+
+@pytest.mark.parametrize(("received", "age", "reason"), [
+    ("0.0", "0.1", "not registered"),
+    ("12.0", "7.5", "broker silent for 7.5 s"),
+    ("12.0", "100.0", "limit 7.5 s"),
+])
+def test_unregistered_or_deaf_worker_is_unhealthy(received: str, age: str, reason: str) -> None:
+    healthy, why = health.check_worker_metrics(WORKER_PAGE % {"received": received, "age": age}, 7.5)
+    assert not healthy
+    assert reason in why
+
+
+def test_metrics_of_something_else_are_unhealthy() -> None:
+    healthy, why = health.check_worker_metrics("# nothing\nprocess_cpu_seconds_total 1.0\n", 7.5)
+    assert not healthy
+    assert health.HEARTBEAT_AGE in why
+
+
+def test_options_default_to_the_services_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSNET_BROKER_FRONTEND", "tcp://*:6000")
+    monkeypatch.setenv("SSNET_WORKER_METRICS_PORT", "9101")
+    monkeypatch.setenv("SSNET_WORKER_HEARTBEAT_INTERVAL", "0.5")
+    monkeypatch.setenv("SSNET_WORKER_HEARTBEAT_LIVENESS", "4")
+    monkeypatch.setenv("SSNET_HEALTH_TIMEOUT", "1.5")
+    broker = health.build_parser().parse_args(["broker"])
+    assert (broker.frontend, broker.timeout) == ("tcp://*:6000", 1.5)
+    worker = health.build_parser().parse_args(["worker"])
+    assert (worker.metrics_port, worker.heartbeat_interval, worker.heartbeat_liveness) == (9101, 0.5, 4)
+
+
+def test_worker_with_metrics_off_is_unhealthy_and_says_why(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSNET_WORKER_METRICS_PORT", raising=False)
+    assert health.main(["worker"]) == health.UNHEALTHY
+    assert "metrics are off" in capsys.readouterr().out
