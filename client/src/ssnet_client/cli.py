@@ -6,11 +6,11 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional, TextIO
 
 from ssnet_client.base import ClientConfig
-from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 from ssnet_common.rendezvous import add_broker_file_options, broker_from_file
@@ -119,10 +119,29 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
     )
 
 
+def run_job(job: Callable[[], tuple[str, JobSummary]]) -> int:
+    """Run a LArCV1 job, log its summary or why it failed, and return the exit status: 0 done, 1 failed,
+    2 bad options or input, 130 interrupted.  ``job`` returns the output path and the summary."""
+    try:
+        output, summary = job()
+    except (ConfigError, LArCV1Error) as exc:
+        log.error("%s", exc)
+        return 2
+    except SSNetError as exc:
+        log.error("job failed, no output written: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted, no output written")
+        return 130
+    log.info("wrote %s: %s", output, summary.text())
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg.configure_logging(args.log_level, "ssnet-client")
-    try:
+
+    def job() -> tuple[str, JobSummary]:
         found = broker_from_file(args, argv)  # --broker-file: wait for the broker's endpoint file
         if found is not None:
             args.broker = found.frontend
@@ -135,22 +154,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             registry = CollectorRegistry()
             serve_metrics(registry, args.metrics_port, args.metrics_addr)
-        job = SimpleLArCV1Client(config, registry=registry, progress=None if args.progress == "none"
-                                 else ProgressReport(args.progress, sys.stderr))
-        log.info("processing entries [%d, %d) of %s through service %r at %s", config.start, job.stop,
+        client = SimpleLArCV1Client(config, registry=registry, progress=None if args.progress == "none"
+                                    else ProgressReport(args.progress, sys.stderr))
+        log.info("processing entries [%d, %d) of %s through service %r at %s", config.start, client.stop,
                  ", ".join(config.inputs), config.service, config.broker)
-        summary = job.run()
-    except (ConfigError, LArCV1Error) as exc:
-        log.error("%s", exc)
-        return 2
-    except SSNetError as exc:
-        log.error("job failed, no output written: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted, no output written")
-        return 130
-    log.info("wrote %s: %s", config.output, summary.text())
-    return 0
+        return config.output, client.run()
+
+    return run_job(job)
 
 
 if __name__ == "__main__":

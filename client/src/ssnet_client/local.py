@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -24,10 +23,10 @@ from pathlib import Path
 from typing import Optional
 
 from ssnet_client.base import Client, ClientConfig
-from ssnet_client.cli import ProgressReport
-from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_client.cli import ProgressReport, run_job
+from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
-from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
+from ssnet_common.errors import ConfigError, SSNetError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg.configure_logging(args.log_level, "ssnet-local")
     source = args.input or shipped(DEMO_FILE)
     output = args.output or str(Path("out") / f"{Path(source).stem}_{args.kind}.root")
-    try:
+
+    def job() -> tuple[str, JobSummary]:
         if not Path(source).is_file():
             raise ConfigError(f"input file {source!r} does not exist")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -159,18 +159,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 inputs=(source,), output=output, producers=(args.producer,), service=service, broker=frontend,
                 batch_size=args.batch_size, per_plane=args.per_plane, client=ClientConfig(window=args.window),
             )
-            summary = SimpleLArCV1Client(config, progress=ProgressReport("auto", sys.stderr)).run()
-    except (ConfigError, LArCV1Error) as exc:
-        log.error("%s", exc)
-        return 2
-    except SSNetError as exc:
-        log.error("job failed, no output written: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted, no output written")
-        return 130
-    log.info("wrote %s: %s", os.fspath(output), summary.text())
-    return 0
+            return output, SimpleLArCV1Client(config, progress=ProgressReport("auto", sys.stderr)).run()
+
+    return run_job(job)
 
 
 if __name__ == "__main__":
