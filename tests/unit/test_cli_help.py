@@ -13,15 +13,19 @@ from ssnet_broker.cli import main as broker_main
 from ssnet_client.cli import build_parser as client_parser
 from ssnet_client.local import build_parser as local_parser
 from ssnet_worker.cli import build_parser as worker_parser
+from ssnet_worker.export import build_parser as export_parser
+from ssnet_worker.infer import build_parser as infer_parser
 
 PARSERS = {
     "ssnet-broker": broker_parser,
     "ssnet-worker": worker_parser,
     "ssnet-client": client_parser,
     "ssnet-local": local_parser,
+    "ssnet-infer": infer_parser,
+    "ssnet-export": export_parser,
 }
 PREFIXES = {"ssnet-broker": "SSNET_BROKER_", "ssnet-worker": "SSNET_WORKER_", "ssnet-client": "SSNET_CLIENT_",
-            "ssnet-local": "SSNET_LOCAL_"}
+            "ssnet-local": "SSNET_LOCAL_", "ssnet-infer": "SSNET_INFER_", "ssnet-export": "SSNET_EXPORT_"}
 
 
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:

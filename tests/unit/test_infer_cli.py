@@ -1,8 +1,8 @@
 """``ssnet-infer`` (``python -m ssnet_worker.infer``): reproduces genuine Caffe on the tiny reference net, and a
 bad input or model is one clear line on stderr, a non-zero exit and no output file.
 
-Runs with each engine importable here: OpenCV 4.x (``opencv-python-headless<5``) on the host, both engines in
-the worker image.  Skipped where neither is.
+Runs with each engine importable here: torch, onnx and OpenCV 4.x on the host; onnx, genuine Caffe and OpenCV in
+the worker image.  Skipped where none is.
 """
 
 from __future__ import annotations
@@ -58,17 +58,19 @@ def reference() -> Dict[str, np.ndarray]:
         return {"inputs": data["inputs"], "softmax": data["softmax"]}
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("engine", AVAILABLE)
-def test_reproduces_the_genuine_caffe_reference(engine: str, tmp_path: Path,
+def test_reproduces_the_genuine_caffe_reference(engine: str, batch: int, tmp_path: Path,
                                                 reference: Dict[str, np.ndarray]) -> None:
     np.save(tmp_path / "in.npy", reference["inputs"])
     result = run_infer(*model_args(engine), "--input", str(tmp_path / "in.npy"),
-                       "--output", str(tmp_path / "out.npy"), "--threads", "1")
+                       "--output", str(tmp_path / "out.npy"), "--threads", "1", "--batch-size", str(batch))
     assert result.returncode == 0, result.stderr
     out = np.load(tmp_path / "out.npy")
     assert out.shape == (4, 3, 64, 64) and out.dtype == np.float32
     assert float(np.abs(out - reference["softmax"]).max()) <= 1e-4
-    assert "image 4/4" in result.stderr and "1 threads" in result.stderr
+    assert "image 4/4" in result.stderr and f"{engine} on cpu, float32, 1 threads" in result.stderr
+    assert ("images 1-3/4" in result.stderr) == (batch == 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.npy"]  # no temporary file left
 
 
@@ -87,7 +89,7 @@ def test_an_input_size_the_net_cannot_take(tmp_path: Path) -> None:
     (tmp_path / "out.npy").write_bytes(b"previous result")
     result = run_infer(*model_args(AVAILABLE[0]), "--input", str(tmp_path / "in.npy"),
                        "--output", str(tmp_path / "out.npy"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     line = error_line(result)
     assert "2x1x63x63" in line and "H=63 does not fit the net (nearest sizes that do: 60 or 64)" in line
     assert (tmp_path / "out.npy").read_bytes() == b"previous result"  # untouched
@@ -100,7 +102,7 @@ def test_an_input_size_the_net_cannot_take(tmp_path: Path) -> None:
     (np.zeros((1, 64, 64), np.float32), "shape 1x64x64 is not N x C x H x W"),
     (np.zeros((0, 1, 64, 64), np.float32), "with N >= 1"),
     (np.zeros((2, 1, 64, 64), np.complex64), "dtype complex64 is not a real number type"),
-    (np.zeros((1, 3, 64, 64), np.float32), "expected 1x1xHxW"),
+    (np.zeros((1, 3, 64, 64), np.float32), "expected Nx1xHxW"),
 ])
 def test_bad_inputs(content: object, expected: str, tmp_path: Path) -> None:
     path = tmp_path / "in.npy"
@@ -109,7 +111,7 @@ def test_bad_inputs(content: object, expected: str, tmp_path: Path) -> None:
     elif content is not None:
         np.save(path, content)
     result = run_infer(*model_args(AVAILABLE[0]), "--input", str(path), "--output", str(tmp_path / "out.npy"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert expected in error_line(result)
     assert not (tmp_path / "out.npy").exists()
 
@@ -119,11 +121,11 @@ def test_bad_model_and_output_paths(tmp_path: Path) -> None:
     args = ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "out.npy")]
     missing = tmp_path / "missing.caffemodel"
     result = run_infer("--prototxt", str(PROTOTXT), "--weights", str(missing), *args)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"caffemodel {missing}: no such file" in error_line(result)
     result = run_infer(*model_args(AVAILABLE[0]), "--input", str(tmp_path / "in.npy"),
                        "--output", str(tmp_path / "no" / "out.npy"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "does not exist" in error_line(result)
     result = run_infer("--prototxt", str(PROTOTXT), *args)  # no --weights
     assert result.returncode == 2

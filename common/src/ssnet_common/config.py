@@ -36,7 +36,7 @@ class EnvOptions:
     def add(
         self,
         flag: str,
-        *,
+        *aliases: str,
         default: Any,
         help: str,
         type: Callable[[str], Any] = str,
@@ -52,7 +52,7 @@ class EnvOptions:
                 self.parser.error(f"environment variable {name}={raw!r}: {exc}")
         shown = "unset" if default is None else str(default).replace("%", "%%")  # argparse formats help with %
         self.parser.add_argument(
-            flag, default=default, type=type, help=f"{help} [env {name}; default: {shown}]", **kwargs
+            flag, *aliases, default=default, type=type, help=f"{help} [env {name}; default: {shown}]", **kwargs
         )
 
     def add_flag(self, flag: str, *, default: bool = False, help: str, env: Optional[str] = None) -> None:

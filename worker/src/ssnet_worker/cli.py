@@ -86,6 +86,15 @@ def _gpu_id(text: str) -> Optional[int]:
     return value
 
 
+def _device(text: str) -> str:
+    from ssnet_worker.engines import parse_device
+
+    try:
+        return parse_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _planes(text: str) -> Optional[tuple[int, ...]]:
     if not text.strip():
         return None
@@ -96,16 +105,24 @@ def _planes(text: str) -> Optional[tuple[int, ...]]:
 
 
 def _ssnet_options(options: EnvOptions) -> None:
-    options.add("--engine", default="auto", choices=("caffe", "opencv", "auto"),
-                help="ssnet kind: inference engine (auto: genuine pycaffe if importable, else OpenCV DNN)")
+    options.add("--engine", default="auto", choices=("torch", "onnx", "caffe", "opencv", "auto"),
+                help="ssnet kind: inference engine (auto: torch on a CUDA device, else onnx when installed, "
+                     "else genuine pycaffe, else OpenCV DNN)")
     options.add("--model-dir", default=None,
                 help="ssnet kind: directory with the prototxt and per-plane caffemodels (and models.json)")
     options.add("--prototxt", default=None, help="ssnet kind: network description, relative to --model-dir")
     options.add("--weights", default=None,
                 help="ssnet kind: plane0.caffemodel,plane1...,plane2... relative to --model-dir "
                      "(one file: every plane); default: models.json in --model-dir")
+    options.add("--device", default="cpu", type=_device,
+                help="ssnet kind: cpu or cuda:N (N among CUDA_VISIBLE_DEVICES)")
     options.add("--gpu", default=None, type=_gpu_id,
-                help="ssnet kind: CUDA device id (among CUDA_VISIBLE_DEVICES); none: CPU")
+                help="ssnet kind: CUDA device id, the same as --device cuda:N (kept for older job scripts)")
+    options.add("--precision", default="float32", choices=("float32", "float16"),
+                help="ssnet kind: arithmetic of the net (float16: torch engine on a CUDA device only)")
+    options.add("--max-batch", default=8, type=positive_int,
+                help="ssnet kind: most images of one plane and shape per forward pass (torch and onnx engines; "
+                     "caffe and opencv run one at a time)")
     options.add("--planes", default=None, type=_planes,
                 help="ssnet kind: planes to load, e.g. 0,1,2 (default: the plane of an ssnet_plane<p> service, "
                      "else every plane with weights)")
@@ -127,9 +144,15 @@ def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: Collec
     names = tuple(n.strip() for n in args.output_names.split(","))
     if len(names) != 2 or not all(names):
         raise ConfigError(f"--output-names needs two names (shower,track), got {args.output_names!r}")
+    device = args.device
+    if args.gpu is not None:
+        if device not in ("cpu", f"cuda:{args.gpu}"):
+            raise ConfigError(f"--gpu {args.gpu} and --device {device} disagree: give one of them")
+        device = f"cuda:{args.gpu}"
     return SSNetWorker(
         config, ModelSet.from_options(args.model_dir, args.prototxt, args.weights),
-        engine=args.engine, gpu=args.gpu, planes=args.planes, threads=args.threads,
+        engine=args.engine, device=device, precision=args.precision, max_batch=args.max_batch,
+        planes=args.planes, threads=args.threads,
         preprocessing=Preprocessing(args.preprocess, args.threshold, args.clip),
         output_names=(names[0], names[1]), output_dtype=args.output_dtype, registry=registry,
     )
@@ -145,7 +168,8 @@ KINDS: dict[str, WorkerKind] = {
         "replies with the request payload unchanged",
         lambda config, args, registry: EchoWorker(config, registry=registry),
     ),
-    "ssnet": WorkerKind("SSNet UResNet per wire plane (Caffe or OpenCV DNN)", _make_ssnet, _ssnet_options),
+    "ssnet": WorkerKind("SSNet UResNet per wire plane (ONNX Runtime, PyTorch, genuine Caffe or OpenCV DNN)",
+                        _make_ssnet, _ssnet_options),
     "sleep": WorkerKind(
         "sleeps for the seconds in payload frame 0, then echoes (tests of long requests)",
         lambda config, args, registry: SleepWorker(config, registry=registry),

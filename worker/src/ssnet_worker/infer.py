@@ -2,10 +2,11 @@
 
     ssnet-infer --engine caffe --prototxt net.prototxt --weights net.caffemodel --input in.npy --output out.npy
 
-The input is an N x C x H x W array (C as the net declares, 1 for SSNet); every image goes through the net on
-its own (batch size 1: BatchNorm uses the statistics of the batch) and the N x K x H x W output blob
-(``softmax``) is written to ``--output`` atomically (a temporary file beside it, renamed when complete).  A bad
-option, file or input is one line on stderr, exit status 1 (2 for a usage error), and no output file.
+The input is an N x C x H x W array (C as the net declares, 1 for SSNet); the images go through the net
+``--batch-size`` at a time (torch and onnx run them as one forward pass with each image's batch-1 result; caffe and
+opencv one by one) and the N x K x H x W output blob (``softmax``) is written to ``--output`` atomically (a
+temporary file beside it, renamed when complete).  Exit status: 0 success; 2 a bad option, model file or input
+(one line on stderr, no output file); 1 a failure while running.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ssnet_common.config import (
     positive_int,
 )
 from ssnet_common.errors import ConfigError, SSNetError
-from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, InputShapeError, make_engine
+from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, PRECISIONS, InputShapeError, make_engine
 
 log = logging.getLogger("ssnet_worker.infer")
 
@@ -45,13 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options = EnvOptions(parser, prefix="SSNET_INFER_")
     options.add("--engine", default="auto", choices=(*ENGINE_NAMES, "auto"),
-                help="inference engine: genuine Caffe, OpenCV DNN, or auto (caffe when importable)")
+                help="inference engine (auto: torch on a CUDA device, else onnx when installed, else caffe, "
+                     "else opencv)")
     options.add("--prototxt", default=None, help="the net's .prototxt (required)")
     options.add("--weights", default=None, help="the net's .caffemodel (required)")
     options.add("--input", default=None, help="input .npy file: N x C x H x W float32 (required)")
     options.add("--output", default=None, help="output .npy file for the N x K x H x W output blob (required)")
     options.add("--output-blob", default=DEFAULT_OUTPUT, help="name of the blob to save")
-    options.add("--gpu", default=None, type=non_negative_int, help="CUDA device id (caffe engine only; unset: CPU)")
+    options.add("--device", default="cpu", help="cpu or cuda:N")
+    options.add("--gpu", default=None, type=non_negative_int, help="CUDA device id: the same as --device cuda:N")
+    options.add("--precision", default="float32", choices=PRECISIONS,
+                help="arithmetic of the net (float16: torch engine on a CUDA device only)")
+    options.add("--batch-size", default=1, type=positive_int,
+                help="images per forward pass (torch, onnx; caffe and opencv run them one by one)")
     options.add("--threads", default=None, type=positive_int,
                 help="CPU threads for the engine's compute library (unset: the library's own setting)")
     options.add("--log-level", default="INFO", type=log_level, help="logging level (DEBUG, INFO, WARNING, ERROR)")
@@ -93,8 +100,9 @@ def check_output_path(path: str) -> Path:
 def run(args: argparse.Namespace) -> None:
     inputs = load_input(args.input)
     output = check_output_path(args.output)
-    engine = make_engine(args.engine, args.prototxt, args.weights, args.gpu, threads=args.threads,
-                         output=args.output_blob)
+    device = args.device if args.gpu is None else f"cuda:{args.gpu}"
+    engine = make_engine(args.engine, args.prototxt, args.weights, device=device, precision=args.precision,
+                         threads=args.threads, output=args.output_blob)
     try:  # every image has this shape: check it once, before any work
         engine.check_input(np.zeros((1, *inputs.shape[1:]), dtype=np.float32))
     except InputShapeError as exc:
@@ -108,15 +116,16 @@ def run(args: argparse.Namespace) -> None:
     try:
         result: Optional[np.memmap[Any, Any]] = None
         times: List[float] = []
-        for i in range(n):
+        for i in range(0, n, args.batch_size):
             start = time.perf_counter()
-            out = engine.forward(np.asarray(inputs[i:i + 1]))
+            out = engine.forward(np.asarray(inputs[i:i + args.batch_size]))
             times.append(time.perf_counter() - start)
             if result is None:
                 result = cast("np.memmap[Any, Any]", np.lib.format.open_memmap(
                     tmp_name, mode="w+", dtype=np.float32, shape=(n, *out.shape[1:])))
-            result[i] = out[0]
-            log.info("image %d/%d: %.3f s", i + 1, n, times[-1])
+            result[i:i + len(out)] = out
+            images = f"image {i + 1}" if len(out) == 1 else f"images {i + 1}-{i + len(out)}"
+            log.info("%s/%d: %.3f s", images, n, times[-1])
         assert result is not None
         result.flush()
         del result
@@ -127,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    log.info("wrote %s: %d image(s) in %.3f s (%.3f s per image, first %.3f s)", output, n, sum(times),
+    log.info("wrote %s: %d image(s) in %.3f s (%.3f s per image, first batch %.3f s)", output, n, sum(times),
              sum(times) / n, times[0])
 
 
@@ -146,6 +155,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(args.log_level, "ssnet-infer")
     try:
         run(args)
+    except (ConfigError, InputError) as exc:  # bad options, model files or input
+        sys.stderr.write(f"ssnet-infer: error: {exc}\n")
+        return 2
     except (SSNetError, ValueError, RuntimeError, OSError) as exc:
         sys.stderr.write(f"ssnet-infer: error: {exc}\n")
         return 1

@@ -3,8 +3,7 @@
 It serves ``ssnet`` (any plane: the plane is read from each image's meta) or ``ssnet_plane<p>`` (one plane, so an
 operator can put each plane's net on its own GPU and load one net per process).  Per received image it applies
 the production preprocessing (pixels below ``threshold`` ADC set to 0, above ``clip`` clipped; switchable off),
-runs the plane's net at batch size 1 (SSNet's BatchNorm layers use batch statistics, so batch 1 is the reference),
-and replies, per received image product, two triplets: ``[ssnet_shower, meta, scores]`` and
+runs the plane's net, and replies, per received image product, two triplets: ``[ssnet_shower, meta, scores]`` and
 ``[ssnet_track, meta, scores]`` (softmax classes 1 and 2; background dropped), with scores zeroed where the input
 is below ``threshold``, float16 by default, metas and run/subrun/event echoed.
 
@@ -14,6 +13,12 @@ Models: a prototxt and one caffemodel per plane, named by a ``models.json`` in t
      "weights": {"0": "plane0.caffemodel", "1": "plane1.caffemodel", "2": "plane2.caffemodel"}}
 
 or by ``--prototxt`` / ``--weights plane0.caffemodel,plane1.caffemodel,plane2.caffemodel`` (one file: every plane).
+
+Batching.  SSNet's BatchNorm layers use the statistics of the current batch, so genuine Caffe's result for an image
+depends on its batch: batch 1 is the reference.  The per-image engines (``torch``, ``onnx``) compute those statistics
+per image, so the worker runs every image of one plane and shape in a request (K events with ``ssnet-client
+--batch-size K``, and the products of one event) as one forward pass of at most ``max_batch`` images, each with its
+batch-1 result; ``caffe`` and ``opencv`` run them one by one.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from prometheus_client import Gauge, Histogram
@@ -32,7 +38,7 @@ from ssnet_common.errors import ConfigError
 from ssnet_common.larcv1msg import ImageProduct, decode_images, encode_images
 from ssnet_common.metrics import LATENCY_BUCKETS
 from ssnet_worker.base import Worker, WorkerConfig
-from ssnet_worker.engines import make_engine
+from ssnet_worker.engines import make_engine, parse_device
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -140,7 +146,9 @@ class SSNetWorker(Worker):
         models: ModelSet,
         *,
         engine: str = "auto",
-        gpu: Optional[int] = None,
+        device: str = "cpu",
+        precision: str = "float32",
+        max_batch: int = 8,
         planes: Optional[Sequence[int]] = None,
         threads: Optional[int] = None,
         preprocessing: Preprocessing = Preprocessing(),
@@ -152,7 +160,11 @@ class SSNetWorker(Worker):
         super().__init__(config, registry=registry, **kwargs)
         self.models = models
         self.engine_name = engine
-        self.gpu = gpu
+        self.device = parse_device(device)
+        self.precision = precision
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be 1 or more, got {max_batch}")
+        self.max_batch = max_batch
         self.threads = threads
         self.planes = planes_for_service(config.service, planes, list(models.weights))
         self.preprocessing = preprocessing
@@ -160,47 +172,75 @@ class SSNetWorker(Worker):
         self.output_dtype = np.dtype(output_dtype)
         self.engines: Dict[int, Engine] = {}
         metrics_registry = self.metrics.registry
+        labels = ["plane", "engine", "device"]
         self.load_seconds = Gauge("ssnet_worker_model_load_seconds",
                                   "Time taken to load each plane's network and run a first forward pass",
-                                  ["plane"], registry=metrics_registry)
-        self.inference = Histogram("ssnet_worker_inference_seconds", "Forward-pass time per image, by plane",
-                                   ["plane"], buckets=LATENCY_BUCKETS, registry=metrics_registry)
+                                  labels, registry=metrics_registry)
+        self.inference = Histogram("ssnet_worker_inference_seconds",
+                                   "Forward-pass time per image (a batch's time shared by its images), by plane",
+                                   labels, buckets=LATENCY_BUCKETS, registry=metrics_registry)
+        self.batch_images = Histogram("ssnet_worker_forward_batch_images", "Images per forward pass, by plane",
+                                      labels, buckets=(1, 2, 4, 8, 16, 32, 64), registry=metrics_registry)
+        self.engine_info = Gauge("ssnet_worker_engine_info", "The engine of each plane (value 1)",
+                                 [*labels, "precision"], registry=metrics_registry)
 
     def setup(self) -> None:
         """Load every plane's network once, before registering with the broker."""
         for plane in self.planes:
             start = time.monotonic()
-            engine = make_engine(self.engine_name, self.models.prototxt, self.models.weights[plane], self.gpu,
-                                 threads=self.threads)
-            engine.forward(np.zeros(engine.input_shape, np.float32))  # warm up: Caffe allocates on its first pass
+            engine = make_engine(self.engine_name, self.models.prototxt, self.models.weights[plane],
+                                 device=self.device, precision=self.precision, threads=self.threads)
+            # warm up: Caffe allocates on its first pass, cuDNN autotunes
+            engine.forward(np.zeros((1, *engine.input_shape[1:]), np.float32))
             self.engines[plane] = engine
             seconds = time.monotonic() - start
-            self.load_seconds.labels(plane=str(plane)).set(seconds)
+            self.load_seconds.labels(**self._labels(plane)).set(seconds)
+            self.engine_info.labels(**self._labels(plane), precision=engine.precision).set(1)
             log.info("plane %d: %s with %s loaded in %.2f s (%s)", plane, self.models.prototxt.name,
                      self.models.weights[plane].name, seconds, self.engines[plane].describe())
 
+    def _labels(self, plane: int) -> Dict[str, str]:
+        engine = self.engines.get(plane)
+        return {"plane": str(plane), "engine": engine.name if engine else self.engine_name,
+                "device": engine.device if engine else self.device}
+
     def handle(self, payload: list[Frame]) -> Sequence[Frame]:
-        replies = []
-        for product in decode_images(payload):
-            shower = np.empty(product.array.shape, dtype=self.output_dtype)
-            track = np.empty_like(shower)
+        products = decode_images(payload)
+        # Every image of the request, grouped by plane and shape: each group runs as batches of max_batch.
+        groups: Dict[Tuple[int, Tuple[int, ...]], List[Tuple[int, int, str, np.ndarray]]] = defaultdict(list)
+        for p, product in enumerate(products):
             for index, (meta, ids) in enumerate(product.items):
                 where = f"image {index} of product {product.name!r} (plane {meta.plane}, event {ids})"
-                engine = self.engines.get(meta.plane)
-                if engine is None:
+                if meta.plane not in self.engines:
                     raise ValueError(f"{where}: this worker serves plane(s) {list(self.planes)}")
                 image = self.preprocessing.apply(product.array[index])
-                start = time.monotonic()
+                groups[(meta.plane, image.shape)].append((p, index, where, image))
+        shower = [np.empty(product.array.shape, dtype=self.output_dtype) for product in products]
+        track = [np.empty_like(s) for s in shower]
+        for (plane, _), images in groups.items():
+            engine = self.engines[plane]
+            size = self.max_batch if engine.per_image else 1
+            for start in range(0, len(images), size):
+                chunk = images[start:start + size]
+                batch = np.stack([image for *_, image in chunk])[:, np.newaxis]
+                began = time.monotonic()
                 try:
-                    scores = engine.forward(image[np.newaxis, np.newaxis])
+                    scores = engine.forward(batch)
                 except ValueError as exc:
-                    raise ValueError(f"{where}: {exc}") from None
-                self.inference.labels(plane=str(meta.plane)).observe(time.monotonic() - start)
+                    raise ValueError(f"{chunk[0][2]}: {exc}") from None
+                seconds = time.monotonic() - began
+                labels = self._labels(plane)
+                self.batch_images.labels(**labels).observe(len(chunk))
+                for _ in chunk:
+                    self.inference.labels(**labels).observe(seconds / len(chunk))
                 if scores.shape[1] <= TRACK:
-                    raise ValueError(f"{where}: the net gives {scores.shape[1]} classes, SSNet has 3")
-                below = image < self.preprocessing.threshold
-                shower[index] = np.where(below, 0.0, scores[0, SHOWER])
-                track[index] = np.where(below, 0.0, scores[0, TRACK])
-            replies += [ImageProduct(self.output_names[0], product.items, shower),
-                        ImageProduct(self.output_names[1], product.items, track)]
+                    raise ValueError(f"{chunk[0][2]}: the net gives {scores.shape[1]} classes, SSNet has 3")
+                for (p, index, _, image), score in zip(chunk, scores):
+                    below = image < self.preprocessing.threshold
+                    shower[p][index] = np.where(below, 0.0, score[SHOWER])
+                    track[p][index] = np.where(below, 0.0, score[TRACK])
+        replies = []
+        for p, product in enumerate(products):
+            replies += [ImageProduct(self.output_names[0], product.items, shower[p]),
+                        ImageProduct(self.output_names[1], product.items, track[p])]
         return encode_images(replies)
