@@ -1,16 +1,17 @@
-"""SSNet 512x512 forward time and peak memory of each engine, against genuine Caffe in the same run.
+"""SSNet 512x512: seconds per plane, peak memory and fidelity of every engine, against genuine Caffe in the same run.
 
-    python3 bench/ssnet_engines.py [--engines caffe,opencv] [--threads 2] [--repeat 5]
+    python3 bench/ssnet_engines.py [--engines caffe,opencv,onnx,torch] [--threads 2] [--rounds 2] [--repeat 3]
 
-Each engine runs in a fresh subprocess, so its peak memory (VmHWM) is its own; all of them take the same
-seeded sparse ADC-like image, one image at a time (batch size 1).  Reported per engine: model load time, the
-first forward (which allocates every blob), then the median and best of ``--repeat`` forwards in wall and CPU
-seconds, peak RSS, the ratio of the median to genuine Caffe's, and the max/mean |difference| and top-class
-agreement with genuine Caffe's softmax.  The code measured is the checkout's (common/src and worker/src go on
-PYTHONPATH).  Both engines exist only in the worker image:
-
-    docker run --rm -v "$PWD:/repo:ro" -v "$PWD/../shared:/shared:ro" -w /repo ssnet-worker:cpu \\
-        python3 bench/ssnet_engines.py --shared /shared
+Each engine runs in a fresh process of its own (so its peak memory, VmHWM, is its own): genuine Caffe in the
+worker image (``docker run ssnet-worker:cpu``, the one place it runs), the others on the host where they are
+installed; ``NAME@image`` runs an engine in the worker image instead (``opencv@image`` is OpenCV 4.5,
+``onnx@image`` ONNX Runtime 1.19.2 on Python 3.9).  The engines take turns, ``--rounds`` times, so that drift
+of this shared machine hits all alike; the figures are the medians over rounds.  Every process measures the
+same seeded sparse wire-plane-like images: the first forward (allocation, autotuning), ``--repeat`` forwards at
+batch 1, and one forward of 4 images (torch and onnx: one pass; caffe and opencv: one by one).  Reported: seconds
+per plane at batch 1 and 4, peak RSS, max/mean |diff| and top-class agreement with genuine Caffe's softmax, and
+the ratio of each engine's batch-1 time to genuine Caffe's.  The code measured is the checkout's (common/src
+and worker/src on PYTHONPATH, mounted into the image).
 """
 
 from __future__ import annotations
@@ -29,27 +30,15 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+IMAGE = "ssnet-worker:cpu"
+IN_IMAGE = {"caffe"}  # engines that run only in the worker image
+sys.path.insert(0, str(REPO / "tests" / "fidelity"))
+from layer_nets import sparse_adc_image  # noqa: E402  (one home for the test image)
 
 
-def sparse_adc_image(seed: int, height: int, width: int) -> np.ndarray:
-    """A 1x1xHxW image like a wire plane: mostly zeros, a few tracks and shower blobs of 10-500 ADC."""
+def images(seed: int, count: int, size: int) -> np.ndarray:
     rng = np.random.RandomState(seed)
-    image = np.zeros((height, width), np.float32)
-    for _ in range(rng.randint(3, 7)):
-        y0, x0 = rng.uniform(0, height), rng.uniform(0, width)
-        angle, length = rng.uniform(0, np.pi), rng.uniform(40, 300)
-        steps = np.linspace(0, length, int(length) * 2)
-        ys = np.clip((y0 + steps * np.sin(angle)).astype(int), 0, height - 1)
-        xs = np.clip((x0 + steps * np.cos(angle)).astype(int), 0, width - 1)
-        image[ys, xs] = rng.uniform(20, 120, ys.size)
-        image[np.clip(ys + 1, 0, height - 1), xs] = rng.uniform(10, 60, ys.size)
-    for _ in range(rng.randint(1, 4)):
-        cy, cx, spread = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, 25)
-        n = rng.randint(100, 600)
-        ys = np.clip(rng.normal(cy, spread, n).astype(int), 0, height - 1)
-        xs = np.clip(rng.normal(cx, spread, n).astype(int), 0, width - 1)
-        image[ys, xs] = rng.uniform(10, 500, n)
-    return image[None, None]
+    return np.stack([sparse_adc_image(rng, size, size)[None] for _ in range(count)])
 
 
 def vm_hwm_mib() -> float:
@@ -65,53 +54,81 @@ def child(args: argparse.Namespace) -> int:
     from ssnet_worker.engines import engine_available, make_engine
 
     if not engine_available(args.child):
-        sys.stdout.write(json.dumps({"engine": args.child, "available": False}) + "\n")
+        sys.stdout.write(json.dumps({"available": False}) + "\n")
         return 0
-    image = sparse_adc_image(args.seed, args.size, args.size)
+    batch = images(args.seed, 4, args.size)
     start = time.perf_counter()
     engine = make_engine(args.child, args.prototxt, args.weights, threads=args.threads)
     load = time.perf_counter() - start
     walls: List[float] = []
-    cpus: List[float] = []
     out = None
     for _ in range(args.repeat + 1):
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = engine.forward(image)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+        began = time.perf_counter()
+        out = engine.forward(batch[:1])
+        walls.append(time.perf_counter() - began)
+    began = time.perf_counter()
+    engine.forward(batch)
+    batch4 = (time.perf_counter() - began) / len(batch)
     assert out is not None
     np.save(args.out, out)
     sys.stdout.write(json.dumps({
-        "engine": args.child, "available": True, "describe": engine.describe(), "threads": engine.threads,
-        "load_s": load, "first_s": walls[0], "wall_s": walls[1:], "cpu_s": cpus[1:], "peak_rss_mib": vm_hwm_mib(),
+        "available": True, "describe": engine.describe(), "load_s": load, "first_s": walls[0],
+        "batch1_s": statistics.median(walls[1:]), "batch4_s": batch4, "peak_rss_mib": vm_hwm_mib(),
     }) + "\n")
     return 0
 
 
-def run_engine(name: str, args: argparse.Namespace, out: Path) -> Dict[str, Any]:
-    env = dict(os.environ)
-    if args.threads:
-        env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(args.threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "common/src"), str(REPO / "worker/src"),
-                                                      env.get("PYTHONPATH")]))
-    command = [sys.executable, __file__, "--child", name, "--out", str(out), "--prototxt", str(args.prototxt),
-               "--weights", str(args.weights), "--repeat", str(args.repeat), "--size", str(args.size),
-               "--seed", str(args.seed)] + (["--threads", str(args.threads)] if args.threads else [])
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+def run_engine(spec: str, args: argparse.Namespace, tmp: Path) -> Dict[str, Any]:
+    name, _, where = spec.partition("@")
+    in_image = where == "image" or name in IN_IMAGE
+    out = tmp / f"{spec.replace('@', '_')}.npy"
+    options = ["--child", name, "--repeat", str(args.repeat), "--size", str(args.size), "--seed", str(args.seed),
+               "--threads", str(args.threads)]
+    env = {"OPENBLAS_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "common/src"), str(REPO / "worker/src")])}
+    if in_image:
+        tmp.chmod(0o777)
+        command = ["docker", "run", "--rm", "--network", "none", "-v", f"{REPO}:/repo:ro",
+                   "-v", f"{args.shared}:/shared:ro", "-v", f"{tmp}:/out", "-w", "/repo",
+                   "-e", "PYTHONPATH=/repo/common/src:/repo/worker/src",
+                   "-e", f"OPENBLAS_NUM_THREADS={args.threads}", "-e", f"OMP_NUM_THREADS={args.threads}", IMAGE,
+                   "python3", "bench/ssnet_engines.py", *options, "--out", f"/out/{out.name}",
+                   "--prototxt", "/shared/models/ssnet/dllee_ssnet2018.prototxt",
+                   "--weights", "/shared/models/ssnet/ssnet_random_plane0.caffemodel"]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    else:
+        command = [sys.executable, __file__, *options, "--out", str(out), "--prototxt", str(args.prototxt),
+                   "--weights", str(args.weights)]
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, check=False)
     if result.returncode != 0:
-        return {"engine": name, "available": True, "error": result.stderr.strip().splitlines()[-1:]}
+        return {"available": True, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
     report: Dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    if out.is_file():
+        report["output"] = np.load(out)
     return report
+
+
+def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    good = [r for r in runs if "batch1_s" in r]
+    if not good:
+        return runs[-1]
+    keys = ("load_s", "first_s", "batch1_s", "batch4_s", "peak_rss_mib")
+    summary: Dict[str, Any] = {key: statistics.median(r[key] for r in good) for key in keys}
+    summary.update(available=True, describe=good[-1]["describe"], output=good[-1].get("output"),
+                   batch1_rounds=[r["batch1_s"] for r in good])
+    return summary
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     shared = Path(os.environ.get("SSNET_SHARED") or REPO.parent / "shared")
-    parser.add_argument("--shared", type=Path, default=shared, help="the shared material (default: %(default)s)")
-    parser.add_argument("--engines", default="caffe,opencv", help="comma-separated (default: %(default)s)")
+    parser.add_argument("--shared", type=Path, default=shared.resolve(), help="the shared material (%(default)s)")
+    parser.add_argument("--engines", default="caffe,opencv,onnx,torch",
+                        help="comma-separated; NAME@image runs NAME in the worker image (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="CPU threads for every engine (default: all cores, %(default)s)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed forwards after the first (default: 5)")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each engine takes (default: 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed batch-1 forwards per turn (default: 3)")
     parser.add_argument("--size", type=int, default=512, help="image height and width (default: 512)")
     parser.add_argument("--seed", type=int, default=2018)
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -127,45 +144,46 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.weights = args.shared / "models/ssnet/ssnet_random_plane0.caffemodel"
     if not args.weights.is_file():
         parser.error(f"SSNet model not found under {args.shared} (use --shared)")
-    print(f"SSNet {args.size}x{args.size}, batch size 1, seed {args.seed}; {os.cpu_count()} CPUs, "
-          f"--threads {args.threads} (OPENBLAS_NUM_THREADS={args.threads}, cv2.setNumThreads({args.threads})); "
-          f"load average before: {os.getloadavg()[0]:.2f}")
-    results: Dict[str, Dict[str, Any]] = {}
-    outputs: Dict[str, np.ndarray] = {}
+    engines = args.engines.split(",")
+    print(f"SSNet {args.size}x{args.size}, seed {args.seed}; {os.cpu_count()} CPUs, --threads {args.threads}; "
+          f"{args.rounds} rounds of {', '.join(engines)}; load average before: {os.getloadavg()[0]:.2f}")
+    runs: Dict[str, List[Dict[str, Any]]] = {spec: [] for spec in engines}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.engines.split(","):
-            out = Path(tmp) / f"{name}.npy"
-            results[name] = run_engine(name, args, out)
-            if out.is_file():
-                outputs[name] = np.load(out)
+        for round_ in range(args.rounds):
+            for spec in engines:
+                runs[spec].append(run_engine(spec, args, Path(tmp)))
+                last = runs[spec][-1]
+                detail = f"{last['batch1_s']:.3f} s per plane" if "batch1_s" in last else last.get("error", "n/a")
+                print(f"  round {round_ + 1}: {spec}: {detail}", flush=True)
+    results = {spec: summarise(r) for spec, r in runs.items()}
     base = results.get("caffe", {})
-    base_median = statistics.median(base["wall_s"]) if "wall_s" in base else None
-    print(f"{'engine':8} {'load s':>7} {'first s':>8} {'median s':>9} {'best s':>7} {'cpu s':>6} {'peak MiB':>9} "
+    print(f"{'engine':12} {'load s':>7} {'first s':>8} {'batch 1 s':>10} {'batch 4 s':>10} {'peak MiB':>9} "
           f"{'vs caffe':>9} {'max|diff|':>10} {'mean|diff|':>11} {'top class':>10}")
-    for name, report in results.items():
+    for spec, report in results.items():
         if not report.get("available"):
-            print(f"{name:8} not available here")
+            print(f"{spec:12} not available here")
             continue
         if "error" in report:
-            print(f"{name:8} failed: {report['error']}")
+            print(f"{spec:12} failed: {report['error']}")
             continue
-        median = statistics.median(report["wall_s"])
-        report["median_s"] = median
-        ratio = f"{median / base_median:.2f}x" if base_median else "-"
-        diff_max = diff_mean = agree = "-"
-        if "caffe" in outputs and name in outputs:
-            diff = np.abs(outputs[name] - outputs["caffe"])
-            same = float((outputs[name].argmax(1) == outputs["caffe"].argmax(1)).mean())
+        ratio = diff_max = diff_mean = agree = "-"
+        if "batch1_s" in base:
+            report["ratio_to_caffe"] = report["batch1_s"] / base["batch1_s"]
+            ratio = f"{report['ratio_to_caffe']:.2f}x"
+        if base.get("output") is not None and report.get("output") is not None:
+            diff = np.abs(report["output"] - base["output"])
+            same = float((report["output"].argmax(1) == base["output"].argmax(1)).mean())
+            report.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()), top_class_agreement=same)
             diff_max, diff_mean, agree = f"{diff.max():.2e}", f"{diff.mean():.2e}", f"{100 * same:.4f}%"
-            report.update(ratio_to_caffe=median / base_median if base_median else None, max_abs_diff=float(diff.max()),
-                          mean_abs_diff=float(diff.mean()), top_class_agreement=same)
-        print(f"{name:8} {report['load_s']:7.2f} {report['first_s']:8.2f} {median:9.3f} {min(report['wall_s']):7.3f} "
-              f"{statistics.median(report['cpu_s']):6.2f} {report['peak_rss_mib']:9.0f} {ratio:>9} {diff_max:>10} "
-              f"{diff_mean:>11} {agree:>10}")
-        print(f"{'':8} {report['describe']}")
+        print(f"{spec:12} {report['load_s']:7.2f} {report['first_s']:8.2f} {report['batch1_s']:10.3f} "
+              f"{report['batch4_s']:10.3f} {report['peak_rss_mib']:9.0f} {ratio:>9} {diff_max:>10} {diff_mean:>11} "
+              f"{agree:>10}")
+        print(f"{'':12} {report['describe']}; batch-1 s per round: "
+              f"{', '.join(f'{s:.3f}' for s in report['batch1_rounds'])}")
     print(f"load average after: {os.getloadavg()[0]:.2f} (timings on a busy machine are not comparable)")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        clean = {spec: {k: v for k, v in r.items() if k != "output"} for spec, r in results.items()}
+        args.json.write_text(json.dumps(clean, indent=2) + "\n")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The SSNet chain end to end: LArCV1 file → client → broker → SSNetWorker (tiny model) → output LArCV1 file.
 
-Runs with whichever engine this machine has (OpenCV DNN on the host; genuine pycaffe inside the worker image).
+Runs with the engine ``auto`` picks here (ONNX Runtime on the host), and the batching of per-image engines.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from .conftest import REPO, Stack, free_port, scrape
 
 TINY = REPO / "models" / "tiny"
 DEMO = REPO / "data" / "demo" / "ssnet_demo.root"
-ENGINE = "caffe" if engine_available("caffe") else "opencv"
+ENGINE = next((name for name in ("onnx", "caffe", "opencv") if engine_available(name)), "onnx")
 
-pytestmark = pytest.mark.skipif(not engine_available(ENGINE), reason="neither pycaffe nor OpenCV DNN is importable")
+pytestmark = pytest.mark.skipif(not engine_available(ENGINE), reason="no SSNet engine is importable")
 
 
 def direct_scores(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +68,43 @@ def test_output_file_equals_direct_engine_calls(stack: Stack, tmp_path: Path) ->
             np.testing.assert_array_equal(out.products["ssnet_shower"][index].pixels, shower.astype(np.float32))
             np.testing.assert_array_equal(out.products["ssnet_track"][index].pixels, track.astype(np.float32))
     samples = scrape(metrics_port)
-    assert samples[("ssnet_worker_inference_seconds_count", (("plane", "0"),))] == len(inputs)
-    assert ("ssnet_worker_model_load_seconds", (("plane", "2"),)) in samples
+    labels = {"plane": "0", "engine": ENGINE, "device": "cpu"}
+
+    def key(name: str, **extra: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return name, tuple(sorted({**labels, **extra}.items()))
+
+    assert samples[key("ssnet_worker_inference_seconds_count")] == len(inputs)
+    assert key("ssnet_worker_model_load_seconds", plane="2") in samples
+    assert samples[key("ssnet_worker_engine_info", precision="float32")] == 1
+
+
+@pytest.mark.skipif(not engine_available("onnx"), reason="needs the onnx engine (per-image BatchNorm statistics)")
+def test_batched_requests_run_as_one_pass_and_give_the_same_file(stack: Stack, tmp_path: Path) -> None:
+    """--batch-size 4 events per request: each plane's 4 images run as one forward pass, results unchanged."""
+    metrics_port = free_port()
+    stack.broker()
+    stack.worker("ssnet", "--model-dir", str(TINY), "--engine", "onnx", "--max-batch", "4", service="ssnet",
+                 metrics_port=metrics_port)
+    stack.wait_for_service("ssnet")
+    one, four = tmp_path / "one.root", tmp_path / "four.root"
+    run_job(stack, one, batch_size=1)
+    run_job(stack, four, batch_size=4)
+    for a, b in zip(LArCV1Reader([str(one)], producers=["ssnet_shower", "ssnet_track"]),
+                    LArCV1Reader([str(four)], producers=["ssnet_shower", "ssnet_track"])):
+        assert (a.run, a.subrun, a.event) == (b.run, b.subrun, b.event)
+        for name in ("ssnet_shower", "ssnet_track"):
+            for x, y in zip(a.products[name], b.products[name]):
+                assert x.meta == y.meta
+                # float16 scores: a batch may differ from batch 1 by float32 rounding, at most one float16 step
+                np.testing.assert_allclose(x.pixels, y.pixels, rtol=0, atol=1e-3)
+    samples = scrape(metrics_port)
+    batches = {dict(labels)["plane"]: value for (name, labels), value in samples.items()
+               if name == "ssnet_worker_forward_batch_images_sum"}
+    counts = {dict(labels)["plane"]: value for (name, labels), value in samples.items()
+              if name == "ssnet_worker_forward_batch_images_count"}
+    entries = len(list(LArCV1Reader([str(DEMO)], "wire")))
+    assert batches == {"0": 2 * entries, "1": 2 * entries, "2": 2 * entries}  # every image, in both jobs
+    assert counts["0"] == entries + 1  # one pass per image in the first job, one pass of 4 in the second
 
 
 def test_per_plane_requests_give_the_same_file(stack: Stack, tmp_path: Path) -> None:
