@@ -3,27 +3,27 @@
 #   (default: broker client worker)
 #   broker      ssnet-broker:latest      Debian bookworm-slim, Debian's Python 3.11, pyzmq and prometheus-client
 #   client      ssnet-client:latest      bookworm-slim, ROOT 6.40's Python package + uproot (LArCV1 I/O)
-#   worker      ssnet-worker:cpu         Debian bullseye-slim, genuine python3-caffe + OpenBLAS, OpenCV 4.5 DNN
-#   worker-gpu  ssnet-worker:gpu         the same Dockerfile on a CUDA-enabled Caffe base image, named by
-#                                        SSNET_GPU_BASE_IMAGE (required); not built by default, and not in this
-#                                        project's CI (no GPU there)
+#   worker      ssnet-worker:cpu         Debian bullseye-slim (Python 3.9), genuine python3-caffe + OpenBLAS,
+#                                        OpenCV 4.5 DNN, ONNX Runtime 1.19 + onnx 1.14
+#   worker-gpu  ssnet-worker:gpu         bookworm-slim (Python 3.11), PyTorch 2.14.1 with its CUDA 13 wheels (the
+#                                        torch engine; the driver comes from the NVIDIA container toolkit or
+#                                        Apptainer --nv at run time): `docker/build.sh worker-gpu`.  Several GB;
+#                                        not built by default, and not in this project's CI (no GPU there)
 #   prometheus  ssnet-prometheus:latest  Debian's prometheus package (compose profile `monitoring`)
 #
 # Every image installs ssnet_common plus its own package only, from a small build context this script makes:
 #   wheelhouse/  py3-none-any wheels of the project's packages, built here from a copy of the sources (so the
 #                checkout gets no build/ or egg-info directories), with fixed timestamps (same sources, same
 #                wheels, so docker's layer cache holds)
-#   deps/        client only: the third-party wheels of docker/client/requirements.txt, downloaded here with
-#                `pip download` into a cache directory keyed by that file's hash and reused while it is there
+#   deps/        client, worker, worker-gpu: the third-party wheels of docker/<image>/requirements.txt, downloaded
+#                here with `pip download` for the image's Python and platform into a cache directory keyed by
+#                that file's hash, and reused while it is there
 # so no image build reaches the Python package index; base images come from the registry (`docker build`
 # pulls them) or, where none is reachable, from scripts/base-images.sh.  It also makes ./out, compose.yaml's
 # default output directory, so that it belongs to the user who builds rather than to root.
 #
 #   PYTHON                interpreter that builds and downloads the wheels (default python3; it needs pip)
 #   SSNET_CACHE_DIR       cache directory (default ${XDG_CACHE_HOME:-$HOME/.cache}/ssnet-server)
-#   SSNET_GPU_BASE_IMAGE  worker-gpu: base image with a CUDA-enabled pycaffe (Python >= 3.9, apt)
-#   SSNET_GPU_CAFFE_PACKAGE  worker-gpu: Debian package that provides `import caffe` on that base (default: none,
-#                         the base has it)
 #   extra `docker build` flags after `--`:  docker/build.sh worker -- --build-arg THREADS=4 --no-cache
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,10 +49,11 @@ tag_of() {
 packages_of() {
   case $1 in broker) echo common broker ;; client) echo common client ;; worker*) echo common worker ;; esac
 }
+# image NAME -> "PYTHON-VERSION GLIBC-MINOR" of its base image, for the wheels of its requirements.txt
+python_of() {
+  case $1 in client|worker-gpu) echo "3.11 36" ;; worker) echo "3.9 31" ;; esac  # bookworm; bullseye
+}
 for image in "${images[@]}"; do tag_of "$image" >/dev/null; done
-if [[ " ${images[*]} " == *" worker-gpu "* ]] && [ -z "${SSNET_GPU_BASE_IMAGE:-}" ]; then
-  echo "build.sh: worker-gpu needs SSNET_GPU_BASE_IMAGE, a base image with a CUDA-enabled pycaffe" >&2; exit 2
-fi
 
 # compose.yaml's default output directory, made now by whoever builds: were it missing at `docker compose up`,
 # Docker would create it owned by root, and the client (SSNET_UID) could not write there.
@@ -74,17 +75,20 @@ if [[ " ${images[*]} " != " prometheus " ]]; then
     "$python" -m pip wheel "${pip_quiet[@]}" --no-deps -w "$wheels" "$work"/src/*
 fi
 
-# client_deps -> the directory holding the client's third-party wheels (downloaded once per requirements file).
-client_deps() {
-  local req=docker/client/requirements.txt dir
-  dir=$cache/wheels/client-py311-$(sha256sum "$req" | cut -c1-16)
+# deps_of IMAGE -> the directory holding IMAGE's third-party wheels (docker/IMAGE/requirements.txt, downloaded
+# once per version of that file) for the Python and glibc of its base image.
+deps_of() {
+  local image=$1 req=docker/$1/requirements.txt version glibc abi dir n platforms=()
+  read -r version glibc <<< "$(python_of "$image")"
+  abi=cp${version/./}
+  dir=$cache/wheels/$image-py${version/./}-$(sha256sum "$req" | cut -c1-16)
   if [ ! -f "$dir/.complete" ]; then
-    echo "build.sh: downloading the client's wheels into $dir" >&2
+    echo "build.sh: downloading the wheels of $req into $dir" >&2
+    for ((n = glibc; n >= 5; n--)); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
     rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
     "$python" -m pip download "${pip_quiet[@]}" --no-deps --only-binary=:all: -d "$dir.tmp" -r "$req" \
-      --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 \
-      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
+      --python-version "$version" --implementation cp --abi "$abi" --abi abi3 --abi none "${platforms[@]}" \
+      --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform any
     cp "$req" "$dir.tmp/requirements.txt"
     touch "$dir.tmp/.complete"
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
@@ -93,7 +97,7 @@ client_deps() {
 }
 
 for image in "${images[@]}"; do
-  tag=$(tag_of "$image") dir=docker/${image%-gpu}
+  tag=$(tag_of "$image") dir=docker/$image
   ctx=$work/context-$image
   mkdir -p "$ctx"
   if [ "$image" = prometheus ]; then
@@ -102,16 +106,12 @@ for image in "${images[@]}"; do
     mkdir -p "$ctx/wheelhouse"
     for pkg in $(packages_of "$image"); do cp "$wheels/ssnet_$pkg"-*.whl "$ctx/wheelhouse/"; done
   fi
-  if [ "$image" = client ]; then  # hard links where the cache is on the same filesystem: no copying 250 MB
-    deps=$(client_deps)
+  if [ -f "$dir/requirements.txt" ]; then  # hard links where the cache is on the same filesystem: no copying GBs
+    deps=$(deps_of "$image")
     cp -l -r "$deps" "$ctx/deps" 2>/dev/null || cp -r "$deps" "$ctx/deps"
-  fi
-  args=()
-  if [ "$image" = worker-gpu ]; then
-    args=(--build-arg "BASE_IMAGE=$SSNET_GPU_BASE_IMAGE" --build-arg "CAFFE_PACKAGE=${SSNET_GPU_CAFFE_PACKAGE:-}")
   fi
   echo "build.sh: building $tag from $dir/Dockerfile" >&2
   start=$SECONDS
-  docker build -f "$dir/Dockerfile" -t "$tag" ${args[@]+"${args[@]}"} ${build_flags[@]+"${build_flags[@]}"} "$ctx"
+  docker build -f "$dir/Dockerfile" -t "$tag" ${build_flags[@]+"${build_flags[@]}"} "$ctx"
   echo "build.sh: built $tag in $((SECONDS - start)) s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}'))" >&2
 done

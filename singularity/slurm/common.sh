@@ -24,6 +24,12 @@ case $SSNET_SLURM_WORKER_GPUS in
   0|1) ;;
   *) ssnet_die "SSNET_SLURM_WORKER_GPUS must be 0 (CPU workers) or 1 (one worker per GPU), not '$SSNET_SLURM_WORKER_GPUS'" 2 ;;
 esac
+# The worker image, unless set: the GPU flavour (PyTorch on CUDA) for GPU workers, the CPU flavour otherwise.
+if [ -z "${SSNET_SLURM_WORKER_IMAGE:-}" ]; then
+  if [ "$SSNET_SLURM_WORKER_GPUS" -gt 0 ]; then SSNET_SLURM_WORKER_IMAGE=$SSNET_SLURM_IMAGES/ssnet-worker.sif
+  else SSNET_SLURM_WORKER_IMAGE=$SSNET_SLURM_IMAGES/ssnet-worker-cpu.sif; fi
+  export SSNET_SLURM_WORKER_IMAGE
+fi
 if [ "$SSNET_RUNNER" = native ] && [ -n "$SSNET_SLURM_NATIVE_PATH" ]; then
   export PATH="$SSNET_SLURM_NATIVE_PATH:$PATH"
 fi

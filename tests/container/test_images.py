@@ -17,8 +17,9 @@ pytestmark = pytest.mark.container
 ALL = (*IMAGES, PROMETHEUS_IMAGE)
 # Upper bounds that catch a regression (a stray build tool, a wheel cache left behind), not targets.  The client
 # is ROOT's Python package (500 MB of libraries and C++ modules cling maps at start); the worker is Debian's
-# python3-caffe with its dependencies (scipy, scikit-image, matplotlib, OpenCV, HDF5, Boost).
-MAX_MB = {"ssnet-broker:latest": 200, "ssnet-client:latest": 950, "ssnet-worker:cpu": 1000,
+# python3-caffe with its dependencies (scipy, scikit-image, matplotlib, OpenCV, HDF5, Boost), plus ONNX Runtime,
+# onnx and numpy 1.26 (120 MB).
+MAX_MB = {"ssnet-broker:latest": 200, "ssnet-client:latest": 950, "ssnet-worker:cpu": 1100,
           PROMETHEUS_IMAGE: 250}
 BAKED = re.compile(r"(\.root|\.caffemodel|(^|/)\.env|(^|/)id_(rsa|dsa|ecdsa|ed25519)|\.key)$")
 KEY_SUFFIXES = (".pem", ".key", ".p12", ".pfx")
@@ -82,6 +83,36 @@ def test_worker_image_has_genuine_caffe_on_openblas_and_opencv_dnn(engine: None)
     blas = docker("run", "--rm", "--network", "none", "--entrypoint", "readlink", "ssnet-worker:cpu", "-f",
                   "/usr/lib/x86_64-linux-gnu/libblas.so.3").stdout
     assert "openblas" in blas
+
+
+def test_worker_image_has_onnx_runtime_beside_pycaffe(engine: None) -> None:
+    """The onnx engine's libraries in the interpreter of Debian's pycaffe: ONNX Runtime 1.19 (the last with cp39
+    wheels) and numpy >= 1.21.6 (ONNX Runtime's floor) but < 2 (Debian's compiled cv2 and caffe), and protobuf 3.20
+    (pycaffe's caffe_pb2 is protoc 3.12 generated code, which protobuf 4 refuses) with onnx 1.14, whose own
+    generated code works on it.  They import together, and ONNX Runtime runs a model onnx built and checked."""
+    code = """
+import caffe, cv2, numpy as np, onnx, onnxruntime as ort, google.protobuf as pb
+from caffe.proto import caffe_pb2
+from onnx import TensorProto, helper, numpy_helper
+caffe_pb2.NetParameter(name="n").SerializeToString()
+conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+graph = helper.make_graph(
+    [conv, helper.make_node("Softmax", ["y"], ["z"], axis=1)], "g",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+    [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 8, 8])],
+    [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+onnx.checker.check_model(model)
+session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+(z,) = session.run(None, {"x": np.random.rand(1, 1, 8, 8).astype(np.float32)})
+print(ort.__version__, onnx.__version__, pb.__version__, np.__version__, z.shape, np.allclose(z.sum(axis=1), 1))
+"""
+    out = docker("run", "--rm", "--network", "none", "ssnet-worker:cpu", "python3", "-c", code).stdout.split()
+    ort_version, onnx_version, protobuf, numpy_version = out[:4]
+    assert ort_version.startswith("1.19.") and onnx_version.startswith("1.14."), out
+    assert protobuf.startswith("3.20."), out
+    assert (1, 21, 6) <= tuple(int(p) for p in numpy_version.split(".")[:3]) < (2,), out
+    assert out[4:] == ["(1,", "2,", "8,", "8)", "True"], out
 
 
 @pytest.mark.parametrize(("image", "command"), [
