@@ -38,14 +38,14 @@ TINY = REPO / "models" / "tiny"
 HOST_OPENCV_TOLERANCE = 0.02
 
 
-def direct_scores(engine: str, images: np.ndarray, tmp: Path) -> np.ndarray:
-    """Softmax of the tiny net for Nx1xHxW images, one direct engine call per image: ``caffe`` runs genuine
-    pycaffe in the worker image (``ssnet-infer``, one thread, like the compose workers), ``opencv`` runs here."""
+def direct_scores(engine: str, images: np.ndarray, tmp: Path, in_image: bool = False) -> np.ndarray:
+    """Softmax of the tiny net for Nx1xHxW images, one direct engine call per image (``ssnet-infer``, one
+    thread, like the compose workers): in the worker image (genuine Caffe; its onnx engine), or here."""
     tmp.mkdir(mode=0o777, exist_ok=True)
     tmp.chmod(0o777)  # the image's user writes the result
     np.save(tmp / "x.npy", images)
     argv = ["--engine", engine, "--threads", "1", "--input", "x.npy", "--output", f"y_{engine}.npy"]
-    if engine == "caffe":
+    if in_image:
         docker("run", "--rm", "--network", "none", "-v", f"{TINY}:/models:ro", "-v", f"{tmp}:/work", "-w", "/work",
                "-e", "OPENBLAS_NUM_THREADS=1", "ssnet-worker:cpu", "ssnet-infer", "--prototxt",
                "/models/tiny_uresnet.prototxt", "--weights", "/models/tiny_uresnet.caffemodel", *argv, timeout=300)
@@ -57,17 +57,16 @@ def direct_scores(engine: str, images: np.ndarray, tmp: Path) -> np.ndarray:
     return scores
 
 
-def test_compose_up_runs_the_demo_through_genuine_caffe(compose_factory: Callable[..., Compose],
-                                                        tmp_path: Path) -> None:
-    """The defaults of .env: 2 SSNet workers (tiny model, Caffe), the demo file, output on the host.  The output
-    equals direct calls of genuine Caffe (in the worker image) on the same preprocessed images, float16-rounded
-    and masked as the worker does, and agrees with the host's OpenCV DNN."""
+def test_compose_up_runs_the_demo_through_ssnet(compose_factory: Callable[..., Compose], tmp_path: Path) -> None:
+    """The defaults of .env: 2 SSNet workers (tiny model, the default CPU engine: onnx), the demo file, output on
+    the host.  The output equals direct calls of the same engine in the worker image on the same preprocessed
+    images, float16-rounded and masked as the worker does, and agrees with genuine Caffe and the host's OpenCV."""
     project = compose_factory()
     result = project("up", "--exit-code-from", "client", timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     assert len(project.containers("worker", all_states=True)) == 2
     logs = project.logs("worker")
-    assert logs.count("(caffe on cpu, 1 threads") == 2 * 3, "each worker loads 3 planes with genuine Caffe"
+    assert logs.count("(onnx on cpu, float32, 1 threads") == 2 * 3, "each worker loads 3 planes with ONNX Runtime"
 
     output = project.out_dir / "ssnet_demo_ssnet.root"
     assert output.stat().st_uid == project.uid, "the output belongs to SSNET_UID"
@@ -85,16 +84,20 @@ def test_compose_up_runs_the_demo_through_genuine_caffe(compose_factory: Callabl
     out = {name: np.stack([image.pixels for image in got[name]]) for name in got}
     assert not np.any(out["ssnet_shower"][below]) and not np.any(out["ssnet_track"][below]), \
         "scores are exactly 0 where the input is below threshold"
-    caffe = direct_scores("caffe", prepared, tmp_path / "caffe")
+    onnx = direct_scores("onnx", prepared, tmp_path / "onnx", in_image=True)
+    caffe = direct_scores("caffe", prepared, tmp_path / "caffe", in_image=True)
     opencv = direct_scores("opencv", prepared, tmp_path / "opencv")
-    worst = {}
+    worst: dict[str, float] = {}
     for name, channel in (("ssnet_shower", 1), ("ssnet_track", 2)):
-        expected = np.where(below, 0, caffe[:, channel]).astype(np.float16).astype(np.float32)
+        expected = np.where(below, 0, onnx[:, channel]).astype(np.float16).astype(np.float32)
         np.testing.assert_array_equal(out[name], expected)  # bit for bit: the same engine, one thread
+        genuine = np.where(below, 0, caffe[:, channel])
+        np.testing.assert_allclose(out[name], genuine, rtol=0, atol=1e-3)  # float16 rounding: < 5e-4
         host = np.where(below, 0, opencv[:, channel])
         np.testing.assert_allclose(out[name], host, rtol=0, atol=HOST_OPENCV_TOLERANCE)
-        worst[name] = float(np.max(np.abs(out[name] - host)))
-    sys.stdout.write(f"max |output - host OpenCV DNN|: {worst}\n")
+        worst[f"{name} vs genuine Caffe"] = float(np.max(np.abs(out[name] - genuine)))
+        worst[f"{name} vs host OpenCV DNN"] = float(np.max(np.abs(out[name] - host)))
+    sys.stdout.write(f"max |output - reference|: {worst}\n")
 
 
 def test_dummy_output_equals_ssnet_local_with_three_workers(compose_factory: Callable[..., Compose],

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "--workers workers for each plane")
     options.add("--model-dir", default=None, help="ssnet: model directory (default: the repository's tiny model)")
     options.add("--weights", default=None, help="ssnet: per-plane weights, as ssnet-worker --weights")
-    options.add("--engine", default="auto", choices=("caffe", "opencv", "auto"), help="ssnet: inference engine")
+    options.add("--engine", default="auto", choices=("auto", "onnx", "torch", "caffe", "opencv"),
+                help="ssnet: inference engine (see ssnet-worker --help)")
+    options.add("--device", default="cpu", help="ssnet: cpu or cuda:N, for every worker")
     options.add("--log-level", default="INFO", type=cfg.log_level, help="logging level of every process")
     return parser
 
@@ -75,7 +77,8 @@ def worker_commands(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
     """The service the client asks for, and one ``ssnet-worker`` argument list per worker to start."""
     kind_args = ["--kind", args.kind]
     if args.kind == "ssnet":
-        kind_args += ["--model-dir", args.model_dir or shipped(TINY_MODEL), "--engine", args.engine]
+        kind_args += ["--model-dir", args.model_dir or shipped(TINY_MODEL), "--engine", args.engine,
+                      "--device", args.device]
         if args.weights:
             kind_args += ["--weights", args.weights]
     if not args.per_plane:
