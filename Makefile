@@ -53,7 +53,7 @@ PY39_TESTS := tests/unit/test_protocol.py tests/unit/test_ndarray.py tests/unit/
 	tests/unit/test_larcv1msg.py tests/unit/test_config.py tests/unit/test_worker_unit.py \
 	tests/unit/test_larcv1_read.py tests/unit/test_ssnet_unit.py tests/unit/test_batchmsg.py \
 	tests/unit/test_batch_preprocess.py tests/unit/test_health.py tests/integration/test_worker_protocol.py \
-	tests/unit/test_caffe_importer.py tests/unit/test_infer_cli.py
+	tests/unit/test_caffe_importer.py tests/unit/test_infer_cli.py tests/unit/test_export_cli.py
 pytest39: venv
 	@if [ -x .venv39/bin/python ]; then \
 	  .venv39/bin/python -m pytest -q -p no:cacheprovider $(PY39_TESTS); \
