@@ -33,6 +33,7 @@ SSNET_NET = (SSNET / "dllee_ssnet2018.prototxt", SSNET / "ssnet_random_plane0.ca
 AVAILABLE = [name for name in ENGINE_NAMES if engine_available(name)]
 PER_IMAGE = [name for name in AVAILABLE if ENGINES[name].per_image]
 pytestmark = [
+    pytest.mark.py39,
     pytest.mark.skipif(not AVAILABLE, reason="no engine is importable here; run tests/fidelity/run-in-worker-image.sh"),
     pytest.mark.skipif(not TINY_NET[1].is_file(), reason=f"shared models not found under {SHARED} "
                        "(set SSNET_SHARED or keep ../shared beside the checkout)"),

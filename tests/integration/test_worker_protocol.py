@@ -43,6 +43,8 @@ from ssnet_common.transport import bind, new_socket, recv, send
 from ssnet_worker.base import REPEATED_SIGNAL_GRACE, WorkerConfig
 from ssnet_worker.dummy import EchoWorker
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 ROOT = Path(__file__).resolve().parents[2]
 SRC_PATH = os.pathsep.join(str(ROOT / sub) for sub in ("common/src", "worker/src"))
 CLIENT = b"\x00client-1"

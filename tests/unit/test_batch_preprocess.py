@@ -32,6 +32,8 @@ from ssnet_worker.batch import (
     threshold_clip,
 )
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 MAX_U64 = 2**64 - 1
 SAMPLE = "ssnet_sample_512.root"
 

@@ -28,6 +28,8 @@ from ssnet_common.errors import ProtocolError
 from ssnet_common.imagemeta import ImageMeta
 from ssnet_common.ndarray import encode_array
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 MAX_U64 = 2**64 - 1
 
 

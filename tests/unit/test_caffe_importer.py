@@ -25,6 +25,8 @@ from ssnet_worker.caffe.model import (
 )
 from ssnet_worker.caffe.proto import message_class, net_parameter
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SSNET_SHARED") or REPO.parent / "shared")
 TINY = (SHARED / "models" / "tiny" / "tiny_uresnet.prototxt", SHARED / "models" / "tiny" / "tiny_uresnet.caffemodel")

@@ -19,6 +19,8 @@ from ssnet_common.config import (
     positive_int,
 )
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 
 def make(environ: dict[str, str] | None = None, prefix: str = "SSNET_TEST_") -> EnvOptions:
     parser = argparse.ArgumentParser(

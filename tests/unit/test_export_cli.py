@@ -19,6 +19,7 @@ TINY = SHARED / "models" / "tiny"
 PROTOTXT, WEIGHTS = TINY / "tiny_uresnet.prototxt", TINY / "tiny_uresnet.caffemodel"
 
 pytestmark = [
+    pytest.mark.py39,
     pytest.mark.skipif(not engine_available("onnx"), reason="needs onnx and onnxruntime"),
     pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"shared tiny model not found under {TINY}"),
 ]

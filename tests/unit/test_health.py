@@ -6,6 +6,8 @@ import pytest
 
 from ssnet_common import health
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 WORKER_PAGE = """\
 # HELP ssnet_worker_heartbeats_total Heartbeats exchanged with the broker, by direction (sent or received)
 # TYPE ssnet_worker_heartbeats_total counter

@@ -13,6 +13,8 @@ import pytest
 from ssnet_common.errors import ProtocolError
 from ssnet_common.imagemeta import INVALID_PLANE, ImageMeta, format_double
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 MANIFEST = SHARED / "data" / "larcv1" / "manifest.json"
 

@@ -25,6 +25,7 @@ PROTOTXT, WEIGHTS = TINY / "tiny_uresnet.prototxt", TINY / "tiny_uresnet.caffemo
 
 AVAILABLE = [name for name in ENGINE_NAMES if engine_available(name)]
 pytestmark = [
+    pytest.mark.py39,
     pytest.mark.skipif(not AVAILABLE, reason="no engine importable: install opencv-python-headless<5 (or use the "
                        "worker image, which has genuine Caffe)"),
     pytest.mark.skipif(not (TINY / "reference_io.npz").is_file(), reason=f"shared tiny model not found under {TINY}"),

@@ -17,6 +17,8 @@ from ssnet_common.errors import LArCV1Error
 from ssnet_common.imagemeta import ImageMeta
 from ssnet_common.larcv1 import Image2D, LArCV1Entry, LArCV1Reader, list_image2d_producers
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 pytest.importorskip("uproot", reason="reading LArCV1 files needs uproot")
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "larcv1"

@@ -25,6 +25,8 @@ from ssnet_common.ndarray import (
     encode_arrays,
 )
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 TYPES = ["?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"]
 DTYPES = [np.dtype(t).newbyteorder(order) for t in TYPES for order in "<>"]
 

@@ -12,6 +12,8 @@ import zmq
 from ssnet_common import protocol as mdp
 from ssnet_common.errors import ProtocolError
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 C = mdp.CLIENT_PROTOCOL
 W = mdp.WORKER_PROTOCOL
 BODY = [b"first", b"", b"\x00\xff binary"]

@@ -11,6 +11,8 @@ import pytest
 from ssnet_common.errors import ConfigError
 from ssnet_worker.ssnet import ModelSet, Preprocessing, planes_for_service
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:

@@ -24,6 +24,8 @@ from ssnet_worker.base import Backoff, Liveness, Worker, WorkerConfig
 from ssnet_worker.cli import KINDS, build_parser, config_from_args, main
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 
+pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
+
 
 class FailingWorker(Worker):
     def handle(self, payload: list[Frame]) -> Sequence[Frame]:
