@@ -19,20 +19,16 @@ import zmq
 from ssnet_client import Client, ClientConfig, Reply
 from ssnet_common.errors import (
     BrokerBusy,
+    ErrorCode,
     NoSuchService,
+    QueueTimeout,
     RequestError,
     RequestTimeout,
-    ServiceUnavailable,
     TransportError,
     WorkerError,
     WorkerLost,
 )
 from ssnet_common.protocol import (
-    ERR_QUEUE_FULL,
-    ERR_QUEUE_TIMEOUT,
-    ERR_UNKNOWN_SERVICE,
-    ERR_WORKER,
-    ERR_WORKER_LOST,
     MMI_SERVICE,
     Body,
     ClientReply,
@@ -282,10 +278,10 @@ def test_timeout_override_per_request(broker: FakeBroker, make_client: MakeClien
 @pytest.mark.parametrize(
     ("code", "kind"),
     [
-        (ERR_QUEUE_TIMEOUT, ServiceUnavailable),
-        (ERR_UNKNOWN_SERVICE, NoSuchService),
-        (ERR_WORKER_LOST, WorkerLost),
-        (ERR_WORKER, WorkerError),
+        (ErrorCode.QUEUE_TIMEOUT, QueueTimeout),
+        (ErrorCode.UNKNOWN_SERVICE, NoSuchService),
+        (ErrorCode.WORKER_LOST, WorkerLost),
+        (ErrorCode.WORKER_ERROR, WorkerError),
     ],
 )
 def test_error_code_raises_its_exception(
@@ -297,7 +293,7 @@ def test_error_code_raises_its_exception(
     broker.error(incoming, code, "details from the server")
     with pytest.raises(kind) as caught:
         future.result(WAIT)
-    assert type(caught.value) is kind
+    assert type(caught.value) is kind and caught.value.code == code
     assert caught.value.service == "svc" and caught.value.request_id == incoming.request_id
     assert "details from the server" in str(caught.value)
     assert broker.quiet_for(0.1)  # not retried
@@ -308,7 +304,7 @@ def test_queue_full_is_retried(broker: FakeBroker, make_client: MakeClient, run:
     client = make_client(retries=2, busy_backoff=0.05)
     future = run(lambda: list(client.imap([("echo", [b"x"])])))
     first = broker.recv()
-    broker.error(first, ERR_QUEUE_FULL, "queue full")
+    broker.error(first, ErrorCode.QUEUE_FULL, "queue full")
     again = broker.recv()
     assert again.request_id == first.request_id
     broker.echo(again)
@@ -320,8 +316,8 @@ def test_queue_full_is_retried(broker: FakeBroker, make_client: MakeClient, run:
 def test_queue_full_after_retries_is_broker_busy(broker: FakeBroker, make_client: MakeClient, run: Run) -> None:
     client = make_client(retries=1, busy_backoff=0.05)
     future = run(lambda: client.request("echo", [b"x"]))
-    broker.error(broker.recv(), ERR_QUEUE_FULL)
-    broker.error(broker.recv(), ERR_QUEUE_FULL, "still full")
+    broker.error(broker.recv(), ErrorCode.QUEUE_FULL)
+    broker.error(broker.recv(), ErrorCode.QUEUE_FULL, "still full")
     with pytest.raises(BrokerBusy, match="still full"):
         future.result(WAIT)
 
@@ -331,7 +327,7 @@ def test_return_exceptions_yields_errors_in_place(broker: FakeBroker, make_clien
     future = run(lambda: list(client.imap((("echo", [b"%d" % i]) for i in range(3)), return_exceptions=True)))
     one, two, three = broker.recv_n(3)
     broker.echo(three)
-    broker.error(two, ERR_WORKER, "bad input")
+    broker.error(two, ErrorCode.WORKER_ERROR, "bad input")
     broker.echo(one)
     first, second, third = future.result(WAIT)
     assert isinstance(first, Reply) and isinstance(third, Reply)
@@ -348,7 +344,7 @@ def test_error_ends_the_stream_at_its_turn(broker: FakeBroker, make_client: Make
     future = run(consume)
     one, two, three = broker.recv_n(3)
     broker.echo(three)
-    broker.error(two, ERR_WORKER, "bad input")
+    broker.error(two, ErrorCode.WORKER_ERROR, "bad input")
     broker.echo(one)
     with pytest.raises(WorkerError, match="bad input"):
         future.result(WAIT)
@@ -445,9 +441,9 @@ def test_metrics(broker: FakeBroker, ctx: Context, endpoint: str, run: Run) -> N
     with Client(endpoint, ClientConfig(retries=1, busy_backoff=0.05), registry=registry, context=ctx) as client:
         future = run(lambda: list(client.imap([("echo", [b"abc"]), ("echo", [b"def"])], return_exceptions=True)))
         one, two = broker.recv_n(2)
-        broker.error(one, ERR_QUEUE_FULL)
+        broker.error(one, ErrorCode.QUEUE_FULL)
         broker.echo(broker.recv())
-        broker.error(two, ERR_WORKER, "nope")
+        broker.error(two, ErrorCode.WORKER_ERROR, "nope")
         ok, failed = future.result(WAIT)
         assert isinstance(ok, Reply) and isinstance(failed, WorkerError)
 

@@ -21,10 +21,10 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
+from ssnet_common.errors import ErrorCode
 from ssnet_common.imagemeta import ImageMeta
 from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_common.protocol import (
-    ERR_WORKER,
     Body,
     BodyKind,
     Disconnect,
@@ -340,7 +340,7 @@ def test_handler_exception_replies_worker_error(endpoint: str) -> None:
         body = broker.request(identity, 11, [b"not-a-number"])
         assert body.kind == BodyKind.ERROR
         code, message = body.error
-        assert code == ERR_WORKER and message.startswith("ValueError:") and "not-a-number" in message
+        assert code == ErrorCode.WORKER_ERROR and message.startswith("ValueError:") and "not-a-number" in message
         worker.wait_for_log("Traceback")
         # Still serving; and a plain body gets the plain error form.
         assert broker.request(identity, 12, [b"0", b"ok"]).kind == BodyKind.RESULT

@@ -11,8 +11,10 @@ from ssnet_client.base import ClientConfig, Reply, ReplyDisposition, RequestTrac
 from ssnet_common.errors import (
     BrokerBusy,
     ConfigError,
+    ErrorCode,
     NoSuchService,
     ProtocolError,
+    QueueTimeout,
     RequestError,
     RequestTimeout,
     ServiceUnavailable,
@@ -20,11 +22,6 @@ from ssnet_common.errors import (
     WorkerLost,
 )
 from ssnet_common.protocol import (
-    ERR_QUEUE_FULL,
-    ERR_QUEUE_TIMEOUT,
-    ERR_UNKNOWN_SERVICE,
-    ERR_WORKER,
-    ERR_WORKER_LOST,
     Body,
     decode_body,
     decode_client_request,
@@ -133,7 +130,7 @@ def test_errors_take_their_turn_in_order() -> None:
     for _ in range(3):
         tracker.submit("echo", [], 0.0)
     tracker.on_reply("echo", result(3), 1.0)
-    tracker.on_reply("echo", error(2, ERR_WORKER, "bad input"), 1.0)
+    tracker.on_reply("echo", error(2, ErrorCode.WORKER_ERROR, "bad input"), 1.0)
     tracker.on_reply("echo", result(1), 1.0)
     first, second, third = drain(tracker)
     assert isinstance(first, Reply) and isinstance(third, Reply)
@@ -150,7 +147,7 @@ def test_unknown_late_and_duplicate_replies_are_not_pending() -> None:
     (outcome,) = drain(tracker)
     assert outcome.payload == [b"first"]  # type: ignore[attr-defined]
     assert tracker.on_reply("echo", result(1, b"late"), 2.0) is ReplyDisposition.NOT_PENDING  # after taken
-    assert tracker.on_reply("echo", error(1, ERR_WORKER), 2.0) is ReplyDisposition.NOT_PENDING
+    assert tracker.on_reply("echo", error(1, ErrorCode.WORKER_ERROR), 2.0) is ReplyDisposition.NOT_PENDING
 
 
 def test_request_body_from_the_broker_is_invalid_and_leaves_the_request_pending() -> None:
@@ -233,19 +230,20 @@ def test_timeout_override() -> None:
 def test_queue_full_backs_off_then_resends_counting_a_retry() -> None:
     tracker = make()  # retries 2, backoff 1.0 doubling, max 3.0
     first = tracker.submit("echo", [], now=0.0)
-    assert tracker.on_reply("echo", error(1, ERR_QUEUE_FULL), 0.5) is ReplyDisposition.BACKOFF
+    assert tracker.on_reply("echo", error(1, ErrorCode.QUEUE_FULL), 0.5) is ReplyDisposition.BACKOFF
     assert tracker.is_pending(1) and tracker.next_deadline() == 1.5
     assert tracker.pop_next() is None
     assert tracker.poll(1.4) == []
     (resend,) = tracker.poll(1.5)
     assert resend == Send(1, "echo", first.frames, attempt=2, reason="busy")
     assert tracker.next_deadline() == 11.5  # back to the reply timeout
-    assert tracker.on_reply("echo", error(1, ERR_QUEUE_FULL), 2.0) is ReplyDisposition.BACKOFF
+    assert tracker.on_reply("echo", error(1, ErrorCode.QUEUE_FULL), 2.0) is ReplyDisposition.BACKOFF
     assert tracker.next_deadline() == 4.0  # second back-off doubled
     (resend,) = tracker.poll(4.0)
     assert resend.attempt == 3
     # Retries spent: the next queue_full is final.
-    assert tracker.on_reply("echo", error(1, ERR_QUEUE_FULL, "queue of 'echo' full"), 5.0) is ReplyDisposition.FINISHED
+    final = tracker.on_reply("echo", error(1, ErrorCode.QUEUE_FULL, "queue of 'echo' full"), 5.0)
+    assert final is ReplyDisposition.FINISHED
     (outcome,) = drain(tracker)
     assert isinstance(outcome, BrokerBusy) and isinstance(outcome, ServiceUnavailable)
     assert outcome.request_id == 1 and "queue of 'echo' full" in str(outcome)
@@ -254,7 +252,7 @@ def test_queue_full_backs_off_then_resends_counting_a_retry() -> None:
 def test_queue_full_then_result() -> None:
     tracker = make()
     tracker.submit("echo", [], now=0.0)
-    tracker.on_reply("echo", error(1, ERR_QUEUE_FULL), 0.1)
+    tracker.on_reply("echo", error(1, ErrorCode.QUEUE_FULL), 0.1)
     tracker.poll(1.1)
     tracker.on_reply("echo", result(1, b"done"), 1.2)
     (outcome,) = drain(tracker)
@@ -266,7 +264,7 @@ def test_result_during_back_off_completes_the_request() -> None:
     tracker = make()
     tracker.submit("echo", [], now=0.0)
     tracker.poll(10.0)  # attempt 2 sent
-    tracker.on_reply("echo", error(1, ERR_QUEUE_FULL), 10.1)  # answer to attempt 2
+    tracker.on_reply("echo", error(1, ErrorCode.QUEUE_FULL), 10.1)  # answer to attempt 2
     assert tracker.on_reply("echo", result(1), 10.2) is ReplyDisposition.FINISHED  # late answer to attempt 1
     assert tracker.poll(100.0) == []
     assert isinstance(tracker.pop_next(), Reply)
@@ -281,10 +279,10 @@ def test_backoff_schedule() -> None:
 @pytest.mark.parametrize(
     ("code", "kind"),
     [
-        (ERR_QUEUE_TIMEOUT, ServiceUnavailable),
-        (ERR_UNKNOWN_SERVICE, NoSuchService),
-        (ERR_WORKER_LOST, WorkerLost),
-        (ERR_WORKER, WorkerError),
+        (ErrorCode.QUEUE_TIMEOUT, QueueTimeout),
+        (ErrorCode.UNKNOWN_SERVICE, NoSuchService),
+        (ErrorCode.WORKER_LOST, WorkerLost),
+        (ErrorCode.WORKER_ERROR, WorkerError),
     ],
 )
 def test_error_codes_map_to_exceptions(code: str, kind: type[RequestError]) -> None:
@@ -294,6 +292,7 @@ def test_error_codes_map_to_exceptions(code: str, kind: type[RequestError]) -> N
     (outcome,) = drain(tracker)
     assert type(outcome) is kind and isinstance(outcome, RequestError)
     assert outcome.service == "svc" and outcome.request_id == 1
+    assert outcome.code == code  # the wire code is the exception's label (metrics, logs): one list of codes
     assert "the server's words" in str(outcome) and code in str(outcome)
     assert not tracker.poll(1e9)  # final: never resent
 
@@ -301,7 +300,7 @@ def test_error_codes_map_to_exceptions(code: str, kind: type[RequestError]) -> N
 def test_queue_full_without_retries_is_broker_busy() -> None:
     tracker = make(ClientConfig(retries=0))
     tracker.submit("svc", [], 0.0)
-    assert tracker.on_reply("svc", error(1, ERR_QUEUE_FULL), 1.0) is ReplyDisposition.FINISHED
+    assert tracker.on_reply("svc", error(1, ErrorCode.QUEUE_FULL), 1.0) is ReplyDisposition.FINISHED
     assert type(tracker.pop_next()) is BrokerBusy
 
 

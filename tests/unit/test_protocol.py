@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from ssnet_common import protocol as mdp
-from ssnet_common.errors import ProtocolError
+from ssnet_common.errors import ErrorCode, ProtocolError
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
 
@@ -227,8 +227,8 @@ def envelope(kind: int, request_id: int = 1, magic: bytes = mdp.ENVELOPE_MAGIC) 
         lambda rid: mdp.request_body(rid, [b"a", b""]),
         lambda rid: mdp.request_body(rid, []),
         lambda rid: mdp.result_body(rid, [b"r" * 100]),
-        lambda rid: mdp.error_body(rid, mdp.ERR_WORKER, "boom: ünïcode"),
-        lambda rid: mdp.error_body(rid, mdp.ERR_QUEUE_FULL, ""),
+        lambda rid: mdp.error_body(rid, ErrorCode.WORKER_ERROR, "boom: ünïcode"),
+        lambda rid: mdp.error_body(rid, ErrorCode.QUEUE_FULL, ""),
     ],
     ids=["request", "request-empty", "result", "error", "error-empty-message"],
 )
@@ -243,7 +243,7 @@ def test_body_round_trip(make: Callable[[int], mdp.Body], request_id: int) -> No
 
 
 def test_error_body_fields() -> None:
-    body = mdp.decode_body(mdp.error_body(7, mdp.ERR_WORKER_LOST, "gone - twice").encode())
+    body = mdp.decode_body(mdp.error_body(7, ErrorCode.WORKER_LOST, "gone - twice").encode())
     assert body.kind is mdp.BodyKind.ERROR
     assert body.error == ("worker_lost", "gone - twice")
     with pytest.raises(ValueError, match="not an error body"):
@@ -251,15 +251,15 @@ def test_error_body_fields() -> None:
 
 
 def test_error_body_message_is_capped() -> None:
-    body = mdp.error_body(1, mdp.ERR_WORKER, "x" * (mdp.MAX_ERROR_MESSAGE + 100))
+    body = mdp.error_body(1, ErrorCode.WORKER_ERROR, "x" * (mdp.MAX_ERROR_MESSAGE + 100))
     assert len(body.payload[1]) == mdp.MAX_ERROR_MESSAGE
     assert mdp.decode_body(body.encode()).error[1] == "x" * mdp.MAX_ERROR_MESSAGE
 
 
 def test_error_body_cap_keeps_utf8_valid() -> None:
     message = "a" + "é" * mdp.MAX_ERROR_MESSAGE  # the cut falls in the middle of a 2-byte character
-    code, text = mdp.decode_body(mdp.error_body(1, mdp.ERR_WORKER, message).encode()).error
-    assert code == mdp.ERR_WORKER
+    code, text = mdp.decode_body(mdp.error_body(1, ErrorCode.WORKER_ERROR, message).encode()).error
+    assert code == ErrorCode.WORKER_ERROR
     assert message.startswith(text)
 
 
@@ -269,7 +269,7 @@ def test_request_id_out_of_range(request_id: int) -> None:
         with pytest.raises(ValueError, match="request id"):
             make(request_id, []).encode()
     with pytest.raises(ValueError, match="request id"):
-        mdp.error_body(request_id, mdp.ERR_WORKER, "x").encode()
+        mdp.error_body(request_id, ErrorCode.WORKER_ERROR, "x").encode()
 
 
 MALFORMED_BODIES = {
@@ -330,7 +330,7 @@ def test_is_ours_and_is_error_body(body: list[Any], ours: bool, error: bool) -> 
 @pytest.mark.parametrize("request_id", [0, 42, MAX_ID])
 def test_broker_error_for_our_body(delimited: bool, request_id: int) -> None:
     request = mdp.ClientRequest("ssnet", mdp.request_body(request_id, [b"payload"]).encode(), delimited)
-    reply = mdp.broker_error(request, mdp.ERR_QUEUE_TIMEOUT, "no worker in 10 s")
+    reply = mdp.broker_error(request, ErrorCode.QUEUE_TIMEOUT, "no worker in 10 s")
     assert reply.service == "ssnet"
     assert reply.final is True
     assert reply.delimited is delimited
@@ -344,7 +344,7 @@ def test_broker_error_for_our_body(delimited: bool, request_id: int) -> None:
 @pytest.mark.parametrize("delimited", [False, True])
 def test_broker_error_for_plain_body(delimited: bool) -> None:
     request = mdp.ClientRequest("echo", [b"hello"], delimited)
-    reply = mdp.broker_error(request, mdp.ERR_QUEUE_FULL, "queue full (3) - später")
+    reply = mdp.broker_error(request, ErrorCode.QUEUE_FULL, "queue full (3) - später")
     assert reply == mdp.ClientReply(
         "echo", [b"error", b"queue_full", "queue full (3) - später".encode()], final=True, delimited=delimited
     )

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ssnet_common.errors import ConfigError
+from ssnet_common.errors import ConfigError, ErrorCode
 from ssnet_common.imagemeta import ImageMeta
 from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_common.protocol import (
-    ERR_WORKER,
     BodyKind,
     Frame,
     decode_body,
@@ -144,19 +143,19 @@ def test_answer_turns_exceptions_into_worker_error() -> None:
     body = decode_body(reply)
     assert not ok
     assert body.kind == BodyKind.ERROR and body.request_id == 7
-    assert body.error == (ERR_WORKER, "KeyError: 'no such thing'")
+    assert body.error == (ErrorCode.WORKER_ERROR, "KeyError: 'no such thing'")
 
 
 def test_answer_rejects_bad_reply_frames() -> None:
     reply, ok = BadReplyWorker(config()).answer(request_body(8, []).encode())
     code, message = decode_body(reply).error
-    assert not ok and code == ERR_WORKER and message.startswith("TypeError: handle() must return")
+    assert not ok and code == ErrorCode.WORKER_ERROR and message.startswith("TypeError: handle() must return")
 
 
 def test_answer_rejects_non_request_bodies() -> None:
     reply, ok = EchoWorker(config()).answer(result_body(9, [b"x"]).encode())
     body = decode_body(reply)
-    assert not ok and body.request_id == 9 and body.error[0] == ERR_WORKER
+    assert not ok and body.request_id == 9 and body.error[0] == ErrorCode.WORKER_ERROR
 
 
 def test_plain_bodies_are_answered_raw() -> None:

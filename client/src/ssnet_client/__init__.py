@@ -17,23 +17,25 @@ from ssnet_client.base import (
     Request,
     RequestTracker,
     Send,
-    error_for,
 )
 from ssnet_common.errors import (
     BrokerBusy,
     NoSuchService,
+    QueueTimeout,
     RequestError,
     RequestTimeout,
     ServiceUnavailable,
     TransportError,
     WorkerError,
     WorkerLost,
+    error_for,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BrokerBusy", "Client", "ClientConfig", "ClientStats", "NoSuchService", "Outcome", "Reply", "ReplyDisposition",
+    "BrokerBusy", "Client", "ClientConfig", "ClientStats", "NoSuchService", "Outcome", "QueueTimeout", "Reply",
+    "ReplyDisposition",
     "Request", "RequestError", "RequestTimeout", "RequestTracker", "Send", "ServiceUnavailable", "TransportError",
     "WorkerError", "WorkerLost", "error_for",
 ]

@@ -44,24 +44,16 @@ import zmq
 
 from ssnet_common import transport
 from ssnet_common.errors import (
-    BrokerBusy,
     ConfigError,
-    NoSuchService,
+    ErrorCode,
     ProtocolError,
     RequestError,
     RequestTimeout,
-    ServiceUnavailable,
     TransportError,
-    WorkerError,
-    WorkerLost,
+    error_for,
 )
 from ssnet_common.metrics import LATENCY_BUCKETS
 from ssnet_common.protocol import (
-    ERR_QUEUE_FULL,
-    ERR_QUEUE_TIMEOUT,
-    ERR_UNKNOWN_SERVICE,
-    ERR_WORKER,
-    ERR_WORKER_LOST,
     MMI_FOUND,
     MMI_NOT_FOUND,
     MMI_SERVICE,
@@ -171,22 +163,6 @@ class ReplyDisposition(Enum):
     INVALID = "invalid"          # the id is pending but the body is not an answer (a REQUEST body)
 
 
-_ERROR_TYPES: dict[str, type[RequestError]] = {
-    ERR_QUEUE_FULL: BrokerBusy,
-    ERR_QUEUE_TIMEOUT: ServiceUnavailable,
-    ERR_UNKNOWN_SERVICE: NoSuchService,
-    ERR_WORKER_LOST: WorkerLost,
-    ERR_WORKER: WorkerError,
-}
-
-
-def error_for(code: str, message: str, *, service: str, request_id: int) -> RequestError:
-    """The exception for an ERROR body (``code``, ``message``); an unknown code gives a plain RequestError."""
-    kind = _ERROR_TYPES.get(code, RequestError)
-    return kind(f"service {service!r}, request {request_id}: {code}: {message}", service=service,
-                request_id=request_id)
-
-
 @dataclass
 class _Pending:
     request_id: int
@@ -277,7 +253,7 @@ class RequestTracker:
         if body.kind != BodyKind.ERROR:
             return ReplyDisposition.INVALID
         code, message = body.error
-        if code == ERR_QUEUE_FULL and pending.attempts <= self.config.retries:
+        if code == ErrorCode.QUEUE_FULL and pending.attempts <= self.config.retries:
             pending.busy_answers += 1
             pending.backing_off = True
             pending.deadline = now + self.config.backoff(pending.busy_answers)

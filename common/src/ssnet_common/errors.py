@@ -6,6 +6,22 @@ into :class:`TransportError` where they enter our code, so callers never need to
 
 from __future__ import annotations
 
+import enum
+
+
+class ErrorCode(str, enum.Enum):
+    """The reason carried by an ERROR body on the wire: the broker sends the first four, workers WORKER_ERROR.
+
+    The one list of codes: the protocol validates ERROR bodies against it, the broker's outcomes and the client's
+    exceptions (:data:`ERROR_TYPES`) and metrics take their labels from it.
+    """
+
+    QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
+    UNKNOWN_SERVICE = "unknown_service"
+    WORKER_LOST = "worker_lost"
+    WORKER_ERROR = "worker_error"
+
 
 class SSNetError(Exception):
     """Base class of every ssnet-server error."""
@@ -43,31 +59,57 @@ class RequestTimeout(RequestError):
 class NoSuchService(RequestError):
     """The broker has no worker for the service, and never had one."""
 
-    code = "unknown_service"
+    code = ErrorCode.UNKNOWN_SERVICE.value
 
 
 class ServiceUnavailable(RequestError):
-    """The service exists but no worker took the request in time (queue timeout), or the queue is full."""
+    """The service exists but cannot take the request now: :class:`QueueTimeout` or :class:`BrokerBusy`."""
 
     code = "unavailable"
+
+
+class QueueTimeout(ServiceUnavailable):
+    """No worker took the request before the broker's queue timeout."""
+
+    code = ErrorCode.QUEUE_TIMEOUT.value
 
 
 class BrokerBusy(ServiceUnavailable):
     """The broker's queue for the service is full."""
 
-    code = "queue_full"
+    code = ErrorCode.QUEUE_FULL.value
 
 
 class WorkerLost(RequestError):
     """Every worker given the request died before answering (retries exhausted in the broker)."""
 
-    code = "worker_lost"
+    code = ErrorCode.WORKER_LOST.value
 
 
 class WorkerError(RequestError):
     """The worker answered with an error instead of a result."""
 
-    code = "worker_error"
+    code = ErrorCode.WORKER_ERROR.value
+
+
+#: The exception a client raises for each code of an ERROR body.
+ERROR_TYPES: dict[ErrorCode, type[RequestError]] = {
+    ErrorCode.QUEUE_FULL: BrokerBusy,
+    ErrorCode.QUEUE_TIMEOUT: QueueTimeout,
+    ErrorCode.UNKNOWN_SERVICE: NoSuchService,
+    ErrorCode.WORKER_LOST: WorkerLost,
+    ErrorCode.WORKER_ERROR: WorkerError,
+}
+
+
+def error_for(code: str, message: str, *, service: str, request_id: int) -> RequestError:
+    """The exception for an ERROR body (``code``, ``message``); an unknown code gives a plain RequestError."""
+    try:
+        kind = ERROR_TYPES[ErrorCode(code)]
+    except ValueError:
+        kind = RequestError
+    return kind(f"service {service!r}, request {request_id}: {code}: {message}", service=service,
+                request_id=request_id)
 
 
 class DataError(SSNetError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
-from ssnet_common.errors import ProtocolError
+from ssnet_common.errors import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
     import zmq
@@ -304,13 +304,12 @@ class BodyKind(IntEnum):
     ERROR = 3
 
 
-# Error codes carried in ERROR bodies.  The broker uses the first four; workers use WORKER_ERROR.
-ERR_QUEUE_FULL = "queue_full"
-ERR_QUEUE_TIMEOUT = "queue_timeout"
-ERR_UNKNOWN_SERVICE = "unknown_service"
-ERR_WORKER_LOST = "worker_lost"
-ERR_WORKER = "worker_error"
-ERROR_CODES = frozenset({ERR_QUEUE_FULL, ERR_QUEUE_TIMEOUT, ERR_UNKNOWN_SERVICE, ERR_WORKER_LOST, ERR_WORKER})
+# The codes carried in ERROR bodies: ssnet_common.errors.ErrorCode.
+ERROR_CODES = frozenset(code.value for code in ErrorCode)
+ERR_QUEUE_FULL, ERR_QUEUE_TIMEOUT, ERR_UNKNOWN_SERVICE, ERR_WORKER_LOST = (  # TEMPORARY: the broker's last users
+    ErrorCode.QUEUE_FULL.value, ErrorCode.QUEUE_TIMEOUT.value, ErrorCode.UNKNOWN_SERVICE.value,
+    ErrorCode.WORKER_LOST.value)
+ERR_WORKER = ErrorCode.WORKER_ERROR.value
 MAX_ERROR_MESSAGE = 64 * 1024
 
 

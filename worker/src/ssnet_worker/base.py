@@ -40,10 +40,9 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 import zmq
 from prometheus_client import CollectorRegistry
 
-from ssnet_common.errors import ConfigError, ProtocolError, TransportError
+from ssnet_common.errors import ConfigError, ErrorCode, ProtocolError, TransportError
 from ssnet_common.metrics import serve_metrics
 from ssnet_common.protocol import (
-    ERR_WORKER,
     BodyKind,
     Disconnect,
     Frame,
@@ -250,7 +249,7 @@ def _describe(body: Sequence[Frame]) -> str:
 
 def _plain_error(message: str) -> list[Frame]:
     """``[b"error", b"worker_error", message]``: the error reply to a plain MDP request (no envelope)."""
-    return plain_error_body(ERR_WORKER, message)
+    return plain_error_body(ErrorCode.WORKER_ERROR, message)
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -354,12 +353,13 @@ class Worker:
         if request.kind != BodyKind.REQUEST:
             message = f"ProtocolError: expected a REQUEST body, got {request.kind.name}"
             log.warning("%s: %s", label, message)
-            return error_body(request.request_id, ERR_WORKER, message).encode(), False
+            return error_body(request.request_id, ErrorCode.WORKER_ERROR, message).encode(), False
         try:
             payload = self._checked(self.handle(list(request.payload)))
         except Exception as exc:
             log.exception("%s: %s failed", label, type(self).__name__)
-            return error_body(request.request_id, ERR_WORKER, f"{type(exc).__name__}: {exc}").encode(), False
+            message = f"{type(exc).__name__}: {exc}"
+            return error_body(request.request_id, ErrorCode.WORKER_ERROR, message).encode(), False
         return result_body(request.request_id, payload).encode(), True
 
     @staticmethod
