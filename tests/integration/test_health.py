@@ -8,8 +8,8 @@ import sys
 from .conftest import REPO, Stack, free_port, scrape, wait_until
 
 
-def health(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ssnet_common.health", *argv], capture_output=True, text=True,
+def health(what: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", f"ssnet_{what}.health", *argv], capture_output=True, text=True,
                           cwd=REPO, timeout=30, check=False)
 
 

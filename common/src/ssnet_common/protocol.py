@@ -124,6 +124,15 @@ def _command(frame: Frame, kind: type[IntEnum], what: str) -> int:
         raise ProtocolError(f"unknown {what} command 0x{raw[0]:02x}") from None
 
 
+# ------------------------------------------------------------------------------- settings every side shares
+HEARTBEAT_INTERVAL = 2.5  # seconds between heartbeats, broker and workers
+HEARTBEAT_LIVENESS = 3  # heartbeat intervals of silence after which a peer is taken for gone
+FRONTEND_BIND = "tcp://*:5559"  # where the broker takes clients
+BACKEND_BIND = "tcp://*:5560"  # where the broker takes workers
+CLIENT_CONNECT = "tcp://localhost:5559"  # a client's default broker
+WORKER_CONNECT = "tcp://localhost:5560"  # a worker's default broker
+
+
 # --------------------------------------------------------------------------------------------- MDP/Client
 @dataclass(frozen=True)
 class ClientRequest:

@@ -8,6 +8,8 @@ from ssnet_common.metrics import LATENCY_BUCKETS
 
 OK = "ok"
 ERROR = "error"
+HEARTBEATS = "ssnet_worker_heartbeats"  # a counter: exposed as ..._total
+BROKER_HEARTBEAT_AGE = "ssnet_worker_broker_heartbeat_age_seconds"
 
 
 class WorkerMetrics:
@@ -40,7 +42,7 @@ class WorkerMetrics:
             ["service"], buckets=LATENCY_BUCKETS, registry=registry,
         ).labels(service)
         heartbeats = Counter(
-            "ssnet_worker_heartbeats", "Heartbeats exchanged with the broker, by direction (sent or received)",
+            HEARTBEATS, "Heartbeats exchanged with the broker, by direction (sent or received)",
             ["direction"], registry=registry,
         )
         self.heartbeats_sent = heartbeats.labels("sent")
@@ -53,7 +55,7 @@ class WorkerMetrics:
             "ssnet_worker_busy", "1 while the worker processes a request, else 0", ["service"], registry=registry,
         ).labels(service)
         self.broker_heartbeat_age = Gauge(
-            "ssnet_worker_broker_heartbeat_age_seconds", "Seconds since the last message from the broker",
+            BROKER_HEARTBEAT_AGE, "Seconds since the last message from the broker",
             ["service"], registry=registry,
         ).labels(service)
 

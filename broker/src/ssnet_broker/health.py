@@ -1,0 +1,48 @@
+"""The broker's container health check: ``python3 -m ssnet_broker.health``; exit status 0 healthy, 1 not.
+
+An RFC 8 (MMI) round trip to the broker's own frontend: the endpoint it binds, ``SSNET_BROKER_FRONTEND`` (default
+``tcp://*:5559``), with a wildcard host replaced by ``127.0.0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from ssnet_common import config as cfg
+from ssnet_common.health import add_timeout_option, verdict
+from ssnet_common.protocol import FRONTEND_BIND
+from ssnet_common.rendezvous import probe_broker
+
+
+def local_endpoint(bound: str) -> str:
+    """The endpoint to connect to for a bind address: ``tcp://*:5559`` -> ``tcp://127.0.0.1:5559``."""
+    transport, _, address = bound.partition("://")
+    host, sep, port = address.rpartition(":")
+    if transport == "tcp" and sep and host in ("*", "0.0.0.0", "[::]", "::", "[*]"):
+        return f"tcp://127.0.0.1:{port}"
+    return bound
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python3 -m ssnet_broker.health",
+                                     description="Health check of the broker in its container: an MMI round trip "
+                                                 "to its own frontend; exit status 0 healthy, 1 not.")
+    options = cfg.EnvOptions(parser, "SSNET_BROKER_")
+    options.add("--frontend", default=FRONTEND_BIND, type=cfg.endpoint,
+                help="the broker's frontend bind address (a wildcard host is checked on 127.0.0.1)")
+    add_timeout_option(options, "the answer")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    frontend = local_endpoint(args.frontend)
+    if probe_broker(frontend, args.timeout):
+        return verdict(True, f"broker answers MMI on {frontend}")
+    return verdict(False, f"no MMI answer from {frontend} within {args.timeout:g} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
