@@ -13,6 +13,7 @@ from ssnet_client.base import ClientConfig
 from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
+from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_common.rendezvous import add_broker_file_options, broker_from_file
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "order, each input event exactly once). The output appears only if every event succeeded.",
     )
     options = cfg.EnvOptions(parser, "SSNET_CLIENT_")
-    options.add("--broker", default="tcp://localhost:5559", type=cfg.endpoint, help="broker frontend endpoint")
+    options.add("--broker", default=CLIENT_CONNECT, type=cfg.endpoint, help="broker frontend endpoint")
     add_broker_file_options(options)
     options.add("--service", default="dummy", help="service to send the images to (e.g. dummy, echo, ssnet)")
     options.add("--input", default=None, type=str.split, nargs="+", action=_Extend,

@@ -40,7 +40,7 @@ from ssnet_common.larcv1 import (
     load_writer_backend,
 )
 from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
-from ssnet_common.protocol import frames_nbytes
+from ssnet_common.protocol import CLIENT_CONNECT, frames_nbytes
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -62,7 +62,7 @@ class LArCV1JobConfig:
     output: str
     producers: tuple[str, ...]
     service: str = "dummy"
-    broker: str = "tcp://localhost:5559"
+    broker: str = CLIENT_CONNECT
     batch_size: int = 1
     start: int = 0
     end: Optional[int] = None
@@ -162,7 +162,7 @@ class SimpleLArCV1Client:
     @classmethod
     def from_product_dict(cls, inputs: Sequence[str], output: str,
                           product_dict: Mapping[str, Union[str, Sequence[str]]], *, batch_size: int = 1,
-                          service: str = "dummy", broker: str = "tcp://localhost:5559", **options: Any
+                          service: str = "dummy", broker: str = CLIENT_CONNECT, **options: Any
                           ) -> SimpleLArCV1Client:
         """The original design's constructor: input file(s), output file, product_dict, batch size, service, broker."""
         config = LArCV1JobConfig(tuple(inputs), output, producers_from_product_dict(product_dict), service, broker,

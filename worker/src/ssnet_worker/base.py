@@ -43,6 +43,9 @@ from prometheus_client import CollectorRegistry
 from ssnet_common.errors import ConfigError, ErrorCode, ProtocolError, TransportError
 from ssnet_common.metrics import serve_metrics
 from ssnet_common.protocol import (
+    HEARTBEAT_INTERVAL,
+    HEARTBEAT_LIVENESS,
+    WORKER_CONNECT,
     BodyKind,
     Disconnect,
     Frame,
@@ -67,7 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BROKER = "tcp://localhost:5560"
 _MAX_BATCH = 64  # broker messages read per loop iteration before the loop looks at replies and timers again
 
 
@@ -84,9 +86,9 @@ class WorkerConfig:
     """
 
     service: str
-    broker: str = DEFAULT_BROKER
-    heartbeat_interval: float = 2.5
-    heartbeat_liveness: int = 3
+    broker: str = WORKER_CONNECT
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+    heartbeat_liveness: int = HEARTBEAT_LIVENESS
     reconnect_min: float = 1.0
     reconnect_max: float = 32.0
     metrics_port: int = 0

@@ -51,8 +51,9 @@ from ssnet_common.config import (
     positive_int,
 )
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, WORKER_CONNECT
 from ssnet_common.rendezvous import EndpointWatcher, add_broker_file_options, broker_from_file
-from ssnet_worker.base import DEFAULT_BROKER, Worker, WorkerConfig
+from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 
 log = logging.getLogger(__name__)
@@ -208,15 +209,15 @@ def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentP
         "answers its requests.  Kinds: " + "; ".join(f"{name}: {kind.description}" for name, kind in KINDS.items()),
     )
     options = EnvOptions(parser, "SSNET_WORKER_", environ)
-    options.add("--broker", default=DEFAULT_BROKER, type=endpoint, help="broker endpoint for workers")
+    options.add("--broker", default=WORKER_CONNECT, type=endpoint, help="broker endpoint for workers")
     add_broker_file_options(options)
     options.add("--kind", default="dummy", type=_kind_name, help=f"worker kind ({', '.join(KINDS)})")
     options.add("--service", default=None, help="service name to register (default: the kind's name)")
     options.add(
-        "--heartbeat-interval", default=2.5, type=positive_float, help="seconds between heartbeats",
+        "--heartbeat-interval", default=HEARTBEAT_INTERVAL, type=positive_float, help="seconds between heartbeats",
     )
     options.add(
-        "--heartbeat-liveness", default=3, type=positive_int,
+        "--heartbeat-liveness", default=HEARTBEAT_LIVENESS, type=positive_int,
         help="reconnect after this many heartbeat intervals without a word from the broker",
     )
     options.add("--reconnect-min", default=1.0, type=positive_float, help="first wait before reconnecting (s)")
