@@ -422,3 +422,16 @@ def test_frame_helpers() -> None:
     assert mdp.frame_bytes(frame) == b"hello"
     assert mdp.frame_len(frame) == 5
     assert bytes(mdp.frame_view(frame)) == b"hello"
+
+
+def test_sub_service_names_have_one_rule() -> None:
+    from ssnet_common.services import PLANE, SHARD, parse_sub_service, plane_service, sub_service
+
+    assert plane_service("ssnet", 2) == "ssnet_plane2" and sub_service("batch", SHARD, 0) == "batch_shard0"
+    assert parse_sub_service("ssnet_plane12", PLANE) == ("ssnet", 12)
+    assert parse_sub_service("my_ssnet_plane0", PLANE) == ("my_ssnet", 0)
+    assert parse_sub_service("ssnet", PLANE) is None and parse_sub_service("_plane1", PLANE) is None
+    with pytest.raises(ValueError, match="expected ssnet_plane<number>"):
+        parse_sub_service("ssnet_planeX", PLANE)
+    with pytest.raises(ValueError, match="0 or more"):
+        plane_service("ssnet", -1)

@@ -41,6 +41,7 @@ from ssnet_common.larcv1 import (
 )
 from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_common.protocol import CLIENT_CONNECT, frames_nbytes
+from ssnet_common.services import plane_service
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -251,7 +252,7 @@ class SimpleLArCV1Client:
             return
         for product in products:
             plane = product.items[0][0].plane
-            yield f"{self.config.service}_plane{plane}", encode_images([product], self.config.compression)
+            yield plane_service(self.config.service, plane), encode_images([product], self.config.compression)
 
     def _products(self, batch: _Batch) -> Iterator[ImageProduct]:
         """Per producer and image position, the image of every entry of the batch, stacked."""

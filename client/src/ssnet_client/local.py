@@ -27,6 +27,7 @@ from ssnet_client.cli import ProgressReport, run_job
 from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.services import plane_service
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def worker_commands(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
         return args.kind, [kind_args] * args.workers
     if args.kind != "ssnet":
         raise ConfigError("--per-plane needs --kind ssnet")
-    return args.kind, [[*kind_args, "--service", f"ssnet_plane{p}"] for p in PLANES for _ in range(args.workers)]
+    per_plane = [[*kind_args, "--service", plane_service(args.kind, p)] for p in PLANES]
+    return args.kind, [command for command in per_plane for _ in range(args.workers)]
 
 
 @contextmanager
@@ -156,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         service, commands = worker_commands(args)
         with services(commands, args.heartbeat_interval, args.log_level) as (frontend, workers):
-            for name in [f"{service}_plane{p}" for p in PLANES] if args.per_plane else [service]:
+            for name in [plane_service(service, p) for p in PLANES] if args.per_plane else [service]:
                 wait_for_workers(frontend, name, workers)
             config = LArCV1JobConfig(
                 inputs=(source,), output=output, producers=(args.producer,), service=service, broker=frontend,

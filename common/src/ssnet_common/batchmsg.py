@@ -51,7 +51,8 @@ import numpy as np
 from ssnet_common.errors import ProtocolError
 from ssnet_common.imagemeta import ImageMeta
 from ssnet_common.ndarray import COMPRESSIONS, DEFAULT_MAX_NBYTES, decode_array, encode_array
-from ssnet_common.protocol import Frame, frame_bytes, frame_len, validate_service_name
+from ssnet_common.protocol import Frame, frame_bytes, frame_len
+from ssnet_common.services import SHARD, sub_service
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -89,7 +90,7 @@ def shard_of(entries: NDArray[Any], total: int, count: int) -> NDArray[np.int64]
 def shard_service(service: str, index: int, count: int) -> str:
     """The service a shard's workers register: ``service`` itself when unsharded, else ``<service>_shard<k>``."""
     shard_range(0, index, count)  # validates index and count
-    return service if count == 1 else validate_service_name(f"{service}_shard{index}")
+    return service if count == 1 else sub_service(service, SHARD, index)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

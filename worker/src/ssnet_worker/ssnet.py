@@ -37,6 +37,7 @@ from prometheus_client import Gauge, Histogram
 from ssnet_common.errors import ConfigError
 from ssnet_common.larcv1msg import ImageProduct, decode_images, encode_images
 from ssnet_common.metrics import LATENCY_BUCKETS
+from ssnet_common.services import PLANE, parse_sub_service
 from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.engines import make_engine, parse_device
 
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG = "models.json"
-PLANE_SERVICE_PREFIX = "ssnet_plane"
 SHOWER, TRACK = 1, 2  # softmax classes (0 is background)
 
 
@@ -104,12 +104,13 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def planes_for_service(service: str, planes: Optional[Sequence[int]], available: Sequence[int]) -> Tuple[int, ...]:
-    """The planes a worker for ``service`` loads: ``ssnet_plane<p>`` means p; otherwise ``planes`` or all."""
-    if service.startswith(PLANE_SERVICE_PREFIX):
-        suffix = service[len(PLANE_SERVICE_PREFIX):]
-        if not suffix.isdigit():
-            raise ConfigError(f"service {service!r}: expected {PLANE_SERVICE_PREFIX}<plane number>")
-        wanted: Tuple[int, ...] = (int(suffix),)
+    """The planes a worker for ``service`` loads: ``<name>_plane<p>`` means p; otherwise ``planes`` or all."""
+    try:
+        per_plane = parse_sub_service(service, PLANE)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if per_plane is not None:
+        wanted: Tuple[int, ...] = (per_plane[1],)
         if planes and tuple(planes) != wanted:
             raise ConfigError(f"service {service!r} serves plane {wanted[0]}, but --planes says {list(planes)}")
     else:
