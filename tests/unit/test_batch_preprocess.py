@@ -17,6 +17,7 @@ from ssnet_common.config import EnvOptions
 from ssnet_common.errors import ConfigError, DataError
 from ssnet_common.imagemeta import ImageMeta
 from ssnet_common.larcv1 import Image2D, LArCV1Entry
+from ssnet_common.preprocess import threshold_clip
 from ssnet_worker.base import WorkerConfig
 from ssnet_worker.batch import (
     BatchWorker,
@@ -29,7 +30,6 @@ from ssnet_worker.batch import (
     from_args,
     read_file_list,
     select_images,
-    threshold_clip,
 )
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)

@@ -20,7 +20,8 @@ block, and LArCV1 baskets hold neighbouring entries anyway).  A dataset (or shar
 once; a larger one is re-read every epoch.
 
 The preprocessing steps are pure NumPy functions (:func:`select_images`, :func:`activity_window`,
-:func:`crop_meta`, :func:`threshold_clip`, :func:`assemble_batch`), usable and tested without any socket.
+:func:`crop_meta`, :func:`assemble_batch`, and :func:`ssnet_common.preprocess.threshold_clip`, which the SSNet
+worker applies too), usable and tested without any socket.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from ssnet_common.config import EnvOptions, non_negative_float, non_negative_int
 from ssnet_common.errors import ConfigError, DataError
 from ssnet_common.imagemeta import ImageMeta
 from ssnet_common.larcv1 import Image2D, LArCV1Entry, LArCV1Reader
+from ssnet_common.preprocess import threshold_clip
 from ssnet_common.protocol import Frame
 from ssnet_worker.base import Worker, WorkerConfig
 
@@ -121,24 +123,6 @@ def crop_meta(meta: ImageMeta, row: int, col: int, rows: int, cols: int) -> Imag
         origin_x=meta.origin_x + col * meta.pixel_width, origin_y=meta.origin_y - row * meta.pixel_height,
         plane=meta.plane,
     )
-
-
-def threshold_clip(
-    pixels: NDArray[Any], threshold: Optional[float] = None, clip: Optional[float] = None,
-    *, out: Optional[NDArray[Any]] = None,
-) -> NDArray[Any]:
-    """Pixels below ``threshold`` set to 0 and above ``clip`` set to ``clip`` (a step that is None is skipped).
-
-    Returns a new array, or ``out`` (which may be ``pixels`` itself) filled with the result.
-    """
-    result = np.array(pixels, copy=True) if out is None else out
-    if out is not None and out is not pixels:
-        np.copyto(result, pixels)
-    if threshold is not None:
-        result[result < threshold] = 0
-    if clip is not None:
-        np.minimum(result, clip, out=result)
-    return result
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

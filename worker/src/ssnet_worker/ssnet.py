@@ -37,6 +37,7 @@ from prometheus_client import Gauge, Histogram
 from ssnet_common.errors import ConfigError
 from ssnet_common.larcv1msg import ImageProduct, decode_images, encode_images
 from ssnet_common.metrics import LATENCY_BUCKETS
+from ssnet_common.preprocess import threshold_clip
 from ssnet_common.services import PLANE, parse_sub_service
 from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.engines import make_engine, parse_device
@@ -132,10 +133,7 @@ class Preprocessing:
     def apply(self, image: np.ndarray) -> np.ndarray:
         """A float32 copy of ``image`` ready for the net."""
         out = np.array(image, dtype=np.float32)
-        if self.enabled:
-            out[out < self.threshold] = 0.0
-            np.minimum(out, self.clip, out=out)
-        return out
+        return threshold_clip(out, self.threshold, self.clip, out=out) if self.enabled else out
 
 
 class SSNetWorker(Worker):
