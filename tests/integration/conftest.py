@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from ssnet_common import protocol as mdp
+from ssnet_common.transport import mmi_service
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,22 +44,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-
-
-def mmi_service(frontend: str, service: str, timeout: float = 1.0) -> bytes | None:
-    """Ask the broker whether ``service`` has workers: b"200", b"404", or None without an answer."""
-    context = zmq.Context.instance()
-    sock = context.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(frontend)
-        sock.send_multipart(mdp.ClientRequest(mdp.MMI_SERVICE, [service.encode()]).encode())
-        if not sock.poll(int(timeout * 1000)):
-            return None
-        reply = mdp.decode_client_reply(sock.recv_multipart())
-        return bytes(reply.body[0])
-    finally:
-        sock.close()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, pace: float = 0.05) -> None:
@@ -117,7 +101,7 @@ class Stack:
         return self.spawn(name or f"worker-{kind}-{len(self.procs)}", argv)
 
     def wait_for_service(self, service: str, timeout: float = 20) -> None:
-        wait_until(lambda: mmi_service(self.frontend, service) == mdp.MMI_FOUND, timeout, f"service {service}")
+        wait_until(lambda: mmi_service(self.frontend, service, 1.0) == mdp.MMI_FOUND, timeout, f"service {service}")
 
     def logs(self) -> str:
         return "\n".join(f"----- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.root.glob("*.log")))

@@ -46,11 +46,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-import zmq
-
-from ssnet_common import protocol as mdp
 from ssnet_common.config import EnvOptions, endpoint, non_negative_float, positive_float
-from ssnet_common.errors import ConfigError, ProtocolError, SSNetError
+from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.transport import mmi_service
 
 log = logging.getLogger(__name__)
 
@@ -223,23 +221,7 @@ def remove_endpoint_file(path: PathLike, run_id: str) -> bool:
 # --------------------------------------------------------------------------------------------- liveness
 def probe_broker(frontend: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """Whether a broker answers an MMI request (``mmi.service``) on ``frontend`` within ``timeout`` seconds."""
-    context = zmq.Context()
-    try:
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.connect(frontend)
-            sock.send_multipart(mdp.ClientRequest(mdp.MMI_SERVICE, [PROBE_SERVICE]).encode())
-            if not sock.poll(max(1, int(timeout * 1000))):
-                return False
-            mdp.decode_client_reply(sock.recv_multipart())
-            return True
-        finally:
-            sock.close(linger=0)
-    except (zmq.ZMQError, ProtocolError):
-        return False
-    finally:
-        context.term()
+    return mmi_service(frontend, PROBE_SERVICE.decode("ascii"), timeout) is not None
 
 
 # --------------------------------------------------------------------------------------------- waiting

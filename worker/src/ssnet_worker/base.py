@@ -25,12 +25,10 @@ a log line: the broker has re-queued that request already.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 import queue
 import signal
-import socket
 import threading
 import time
 import types
@@ -62,7 +60,7 @@ from ssnet_common.protocol import (
     result_body,
     validate_service_name,
 )
-from ssnet_common.transport import connect, new_socket, recv, send, zmq_errors
+from ssnet_common.transport import Waker, connect, new_socket, recv, send, zmq_errors
 from ssnet_worker.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
@@ -187,35 +185,6 @@ class Liveness:
 
 
 # --------------------------------------------------------------------------------------------- plumbing
-class _Waker:
-    """A socket pair: anyone may :meth:`wake` the main loop, which polls :meth:`fileno`."""
-
-    def __init__(self) -> None:
-        self._reader, self._writer = socket.socketpair()
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
-
-    def fileno(self) -> int:
-        return self._reader.fileno()
-
-    def write_fileno(self) -> int:
-        return self._writer.fileno()
-
-    def wake(self) -> None:
-        # OSError: the buffer is full (the loop is awake anyway) or the pair is closed (the loop is gone).
-        with contextlib.suppress(OSError):
-            self._writer.send(b"\0")
-
-    def drain(self) -> None:
-        try:
-            while self._reader.recv(4096):
-                pass
-        except OSError:  # BlockingIOError: nothing left
-            pass
-
-    def close(self) -> None:
-        self._reader.close()
-        self._writer.close()
 
 
 @dataclass(frozen=True)
@@ -274,7 +243,7 @@ class Worker:
         self.metrics = WorkerMetrics(registry if registry is not None else CollectorRegistry(), config.service)
         self._context = context
         self._stop_requests: queue.SimpleQueue[_StopRequest] = queue.SimpleQueue()
-        self._waker: Optional[_Waker] = None
+        self._waker: Optional[Waker] = None
         self._started = False
 
     # ----------------------------------------------------------------------------------- subclass API
@@ -315,7 +284,7 @@ class Worker:
         self.setup()
         serve_metrics(self.metrics.registry, self.config.metrics_port, self.config.metrics_addr)
         context = self._context if self._context is not None else zmq.Context()
-        waker = _Waker()
+        waker = Waker()
         self._waker = waker
         restore = _no_restore
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
@@ -394,7 +363,7 @@ def _no_restore() -> None:
     pass
 
 
-def _install_signal_handlers(requests: queue.SimpleQueue[_StopRequest], waker: _Waker) -> Callable[[], None]:
+def _install_signal_handlers(requests: queue.SimpleQueue[_StopRequest], waker: Waker) -> Callable[[], None]:
     """SIGTERM/SIGINT put their number on ``requests``; the wake-up fd ends the main loop's poll at once."""
 
     def on_signal(signum: int, frame: Optional[types.FrameType]) -> None:
@@ -414,7 +383,7 @@ def _install_signal_handlers(requests: queue.SimpleQueue[_StopRequest], waker: _
 class _Runner:
     """The handler thread: jobs in through a queue, replies out through a deque plus a wake-up."""
 
-    def __init__(self, answer: Callable[[_Job], _Done], waker: _Waker) -> None:
+    def __init__(self, answer: Callable[[_Job], _Done], waker: Waker) -> None:
         self._answer = answer
         self._waker = waker
         self._jobs: queue.SimpleQueue[Optional[_Job]] = queue.SimpleQueue()
@@ -453,7 +422,7 @@ class _Session:
         self,
         worker: Worker,
         context: zmq.Context[ZmqSocket],
-        waker: _Waker,
+        waker: Waker,
         runner: _Runner,
         stop_requests: queue.SimpleQueue[_StopRequest],
     ) -> None:
