@@ -1,20 +1,24 @@
-"""The broker's state machine, driven with injected time and no sockets."""
+"""The broker's state machine and its metrics collector, driven with injected time and no sockets."""
 
 from __future__ import annotations
 
-import pytest
-from prometheus_client import CollectorRegistry
+import threading
 
-from ssnet_broker.metrics import BrokerMetrics
-from ssnet_broker.state import BrokerState, Limits, Outgoing, Side
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from ssnet_broker import state as state_module
+from ssnet_broker.broker import Traffic
+from ssnet_broker.metrics import BrokerCollector
+from ssnet_broker.state import BrokerState, Dispatched, Finished, Limits, Outcome, Outgoing, Side
 from ssnet_common import protocol as mdp
-from ssnet_common.errors import ProtocolError
+from ssnet_common.errors import ErrorCode, ProtocolError
 
 LIMITS = Limits(heartbeat_interval=1.0, heartbeat_liveness=3, queue_timeout=10.0, max_queue=3, max_attempts=2)
 
 
-def make(limits: Limits = LIMITS, metrics: BrokerMetrics | None = None) -> BrokerState:
-    return BrokerState(limits, now=0.0, metrics=metrics)
+def make(limits: Limits = LIMITS) -> BrokerState:
+    return BrokerState(limits, now=0.0)
 
 
 def ready(state: BrokerState, worker: bytes, service: str = "echo", now: float = 0.0) -> list[Outgoing]:
@@ -159,7 +163,7 @@ def test_attempts_are_bounded_then_client_gets_worker_lost() -> None:
     [second] = ready(state, b"w2", now=1.0)
     assert request_id(second) == 1
     [lost] = state.on_worker(b"w2", mdp.Disconnect().encode(), 2.0)
-    assert lost.identity == b"c" and client_error(lost) == mdp.ERR_WORKER_LOST and request_id(lost) == 1
+    assert lost.identity == b"c" and client_error(lost) == ErrorCode.WORKER_LOST and request_id(lost) == 1
 
 
 def test_full_queue_answers_at_once() -> None:
@@ -167,7 +171,7 @@ def test_full_queue_answers_at_once() -> None:
     for rid in range(3):
         assert request(state, b"c", rid) == []
     [refused] = request(state, b"c", 99)
-    assert client_error(refused) == mdp.ERR_QUEUE_FULL and request_id(refused) == 99
+    assert client_error(refused) == ErrorCode.QUEUE_FULL and request_id(refused) == 99
 
 
 def test_queue_timeout_unknown_service_vs_busy_service() -> None:
@@ -179,10 +183,10 @@ def test_queue_timeout_unknown_service_vs_busy_service() -> None:
     state.on_worker(b"w1", mdp.Heartbeat().encode(), 9.0)
     assert state.purge(9.9) == []
     [unknown] = state.purge(10.1)
-    assert client_error(unknown) == mdp.ERR_UNKNOWN_SERVICE and request_id(unknown) == 1
+    assert client_error(unknown) == ErrorCode.UNKNOWN_SERVICE and request_id(unknown) == 1
     assert "nobody" not in state.services  # nothing is left of a service no worker ever offered
     [late] = state.purge(11.1)
-    assert client_error(late) == mdp.ERR_QUEUE_TIMEOUT and request_id(late) == 3
+    assert client_error(late) == ErrorCode.QUEUE_TIMEOUT and request_id(late) == 3
 
 
 def test_requeued_request_gets_a_fresh_queue_timeout() -> None:
@@ -193,7 +197,7 @@ def test_requeued_request_gets_a_fresh_queue_timeout() -> None:
     state.on_worker(b"w1", mdp.Disconnect().encode(), 9.5)
     assert state.purge(15.0) == []  # re-queued at 9.5, times out at 19.5
     [late] = state.purge(19.6)
-    assert client_error(late) == mdp.ERR_QUEUE_TIMEOUT
+    assert client_error(late) == ErrorCode.QUEUE_TIMEOUT
 
 
 def test_mmi_service() -> None:
@@ -251,30 +255,112 @@ def test_partial_replies_are_forwarded_and_worker_stays_busy() -> None:
     assert mdp.decode_client_reply(reply.frames).final and request_id(next_request) == 2
 
 
-def test_metrics_follow_the_state() -> None:
-    registry = CollectorRegistry()
-    metrics = BrokerMetrics(registry)
-    state = make(metrics=metrics)
+def test_counters_and_events_follow_the_state() -> None:
+    state = make()  # max_attempts = 2
     ready(state, b"w1")
-    ready(state, b"w2")
-    [given] = request(state, b"c", 1)
-    request(state, b"c", 2, "ghost")
-    metrics.observe(state, 0.5)
+    request(state, b"c", 1, now=1.0)  # taken at once by w1
+    request(state, b"c", 2, "ghost", now=1.0)  # no worker offers "ghost"
+    assert state.drain_events() == [Dispatched("echo", 0.0)]
+    assert state.drain_events() == []  # drained
+    state.on_worker(b"w1", mdp.Heartbeat().encode(), 1.5)
+    state.on_worker(b"stranger", mdp.Heartbeat().encode(), 1.5)  # told to DISCONNECT, not counted
+    assert len(state.heartbeat(2.0)) == 1
+    state.on_worker(b"w1", mdp.Disconnect().encode(), 2.0)  # request 1 goes back to the queue
+    [again] = ready(state, b"w2", now=2.5)
+    final(state, b"w2", again, now=4.0)
+    state.purge(20.0)  # w2 expires; the request for "ghost" times out
+    counters = state.counters
+    assert (counters.heartbeats_received, counters.heartbeats_sent) == (1, 1)
+    assert counters.requeues == {"echo": 1} and counters.expirations == {"echo": 1}
+    assert counters.finished == {("echo", Outcome.OK): 1, ("_unknown", Outcome.UNKNOWN_SERVICE): 1}
+    assert state.drain_events() == [Dispatched("echo", 0.5), Finished("echo", Outcome.OK, 3.0),
+                                    Finished("_unknown", Outcome.UNKNOWN_SERVICE, 19.0)]
+
+
+def test_events_nobody_drains_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "MAX_EVENTS", 4)
+    state = make()
+    ready(state, b"w1")
+    for rid in range(10):
+        [given] = request(state, b"c", rid, now=float(rid))
+        final(state, b"w1", given, now=rid + 0.5)
+    assert state.drain_events() == [Dispatched("echo", 0.0), Finished("echo", Outcome.OK, 0.5)] * 2
+    assert state.counters.finished == {("echo", Outcome.OK): 10}  # the totals are exact all the same
+
+
+def test_collector_reads_the_state_at_scrape_time() -> None:
+    state, traffic, clock = make(), Traffic(), [0.0]
+    collector = BrokerCollector(state, traffic, clock=lambda: clock[0])
+    registry = CollectorRegistry()
+    registry.register(collector)
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
 
+    assert value("ssnet_broker_workers", service="echo", state="idle") is None
+    ready(state, b"w1")
+    ready(state, b"w2")
+    for name in ("ssnet_broker_requeues_total", "ssnet_broker_worker_expirations_total",
+                 "ssnet_broker_request_duration_seconds_count", "ssnet_broker_queue_wait_seconds_count"):
+        assert value(name, service="echo") == 0  # a registered service's series exist before anything happens
+    assert value("ssnet_broker_requests_total", service="echo", outcome="ok") == 0
+    assert value("ssnet_broker_requests_created", service="echo", outcome="ok") is not None
+    [given] = request(state, b"c", 1)
+    request(state, b"c", 2, "ghost")
+    collector.observe(state.drain_events())  # as the loop does after each call
+    clock[0] = 0.5
     assert value("ssnet_broker_workers", service="echo", state="busy") == 1
     assert value("ssnet_broker_workers", service="echo", state="idle") == 1
     assert value("ssnet_broker_queued_requests", service="_unknown") == 1  # unregistered names share one label
+    assert value("ssnet_broker_worker_heartbeat_age_seconds", service="echo") == 0.5
+    assert value("ssnet_broker_queue_wait_seconds_count", service="echo") == 1
+    state.on_worker(b"w1", mdp.Heartbeat().encode(), 1.0)
     final(state, b"w1", given, now=2.0)
+    state.heartbeat(2.0)
+    collector.observe(state.drain_events())
     assert value("ssnet_broker_requests_total", service="echo", outcome="ok") == 1
     assert value("ssnet_broker_request_duration_seconds_sum", service="echo") == 2.0
+    assert value("ssnet_broker_heartbeats_total", direction="received") == 1
+    assert value("ssnet_broker_heartbeats_total", direction="sent") == 2
+    assert value("ssnet_broker_bytes_total", direction="in") is None  # no traffic yet: no series, as ever
+    traffic.bytes_in, traffic.bytes_out = 100, 50
+    traffic.malformed["worker"] += 1
+    assert value("ssnet_broker_bytes_total", direction="in") == 100
+    assert value("ssnet_broker_bytes_total", direction="out") == 50
+    assert value("ssnet_broker_malformed_messages_total", side="worker") == 1
     state.purge(20.0)
+    collector.observe(state.drain_events())
+    clock[0] = 20.0
     assert value("ssnet_broker_worker_expirations_total", service="echo") == 2
     assert value("ssnet_broker_requests_total", service="_unknown", outcome="unknown_service") == 1
-    metrics.observe(state, 20.0)
-    assert value("ssnet_broker_workers", service="echo", state="idle") == 0
+    assert value("ssnet_broker_request_duration_seconds_count", service="_unknown") == 1
+    assert value("ssnet_broker_workers", service="echo", state="idle") == 0  # gone: reads zero, not its last value
+    assert value("ssnet_broker_worker_heartbeat_age_seconds", service="echo") == 0
+    assert value("ssnet_broker_queued_requests", service="_unknown") == 0
+
+
+def test_collector_describes_what_it_collects() -> None:
+    state = make()
+    ready(state, b"w1")
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(state, Traffic()))
+    with pytest.raises(ValueError, match="Duplicated"):
+        Gauge("ssnet_broker_queued_requests", "a clash", registry=registry)
+    text = generate_latest(registry.restricted_registry(["ssnet_broker_workers"])).decode()  # /metrics?name[]=
+    assert 'ssnet_broker_workers{service="echo",state="idle"} 1.0' in text and "requests_total" not in text
+
+
+def test_collector_reads_under_the_loop_lock() -> None:
+    lock = threading.Lock()
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(make(), Traffic(), lock))
+    scraped = threading.Event()
+    thread = threading.Thread(target=lambda: (generate_latest(registry), scraped.set()))
+    with lock:  # the loop is changing the state
+        thread.start()
+        assert not scraped.wait(0.1)
+    assert scraped.wait(10)
+    thread.join()
 
 
 def test_client_retry_of_a_request_in_hand_is_dropped() -> None:

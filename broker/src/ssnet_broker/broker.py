@@ -1,16 +1,18 @@
 """The broker's I/O loop: two ROUTER sockets around :class:`~ssnet_broker.state.BrokerState`.
 
-poll → handle each message → purge → heartbeat → send what the state machine returned.  Frames received are
-forwarded as the same ``zmq.Frame`` objects, so request and reply bodies cross the broker without copies.
+poll → handle each message → purge → heartbeat; after each step, hand the state's events to the latency
+histograms and send what the state machine returned.  Frames received are forwarded as the same ``zmq.Frame``
+objects, so request and reply bodies cross the broker without copies.  The loop changes the state only while
+holding :attr:`Broker.lock`, under which the metrics collector (another thread) reads it.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import socket
+import threading
 import time
-from contextlib import suppress
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -24,12 +26,13 @@ from ssnet_common.protocol import frame_bytes, frames_nbytes
 if TYPE_CHECKING:
     from types import FrameType
 
-    from ssnet_broker.metrics import BrokerMetrics
+    from prometheus_client import CollectorRegistry
+
+    from ssnet_broker.metrics import BrokerCollector
 
 log = logging.getLogger(__name__)
 
 PURGE_PERIOD = 0.1  # seconds between expiry scans; far below any sensible heartbeat interval
-GAUGE_PERIOD = 1.0  # seconds between refreshes of the metrics gauges
 
 
 @dataclass(frozen=True)
@@ -41,25 +44,41 @@ class BrokerConfig:
     metrics_addr: str = "0.0.0.0"
 
 
-class Broker:
-    """Binds the frontend (clients) and backend (workers) and runs until :meth:`stop` or SIGTERM/SIGINT."""
+@dataclass
+class Traffic:
+    """What the loop itself counts (the state machine never sees bytes or undecodable messages)."""
 
-    def __init__(self, config: BrokerConfig, metrics: Optional[BrokerMetrics] = None,
+    bytes_in: int = 0
+    bytes_out: int = 0
+    malformed: Counter[str] = field(default_factory=Counter)  # messages dropped, by side (changed under the lock)
+
+
+class Broker:
+    """Binds the frontend (clients) and backend (workers) and runs until :meth:`stop` or SIGTERM/SIGINT.
+
+    With a ``registry``, the broker's metrics are registered on it (serve it once the broker is made).
+    """
+
+    def __init__(self, config: BrokerConfig, registry: Optional[CollectorRegistry] = None,
                  context: Optional[zmq.Context] = None) -> None:  # type: ignore[type-arg]
         self.config = config
-        self.metrics = metrics
         self.context = context or zmq.Context.instance()
-        self.state = BrokerState(config.limits, time.monotonic(), metrics)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self.state = BrokerState(config.limits, time.monotonic())
+        self.traffic = Traffic()
+        self.lock = threading.Lock()  # held while the state changes; the metrics collector reads it under the lock
+        self.metrics: Optional[BrokerCollector] = None
+        if registry is not None:
+            from ssnet_broker.metrics import BrokerCollector
+
+            self.metrics = BrokerCollector(self.state, self.traffic, self.lock)
+            registry.register(self.metrics)
+        self._waker = transport.Waker()
         self._stopping = False
 
     def stop(self) -> None:
         """Ask the loop to finish (thread-safe, signal-safe)."""
         self._stopping = True
-        with suppress(OSError):  # a full wake-up pipe means the loop is being woken anyway
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def run(self) -> None:
         frontend = transport.new_socket(self.context, zmq.ROUTER)
@@ -74,38 +93,39 @@ class Broker:
         finally:
             frontend.close(linger=0)
             backend.close(linger=0)
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
 
     def _loop(self, frontend: zmq.Socket, backend: zmq.Socket) -> None:  # type: ignore[type-arg]
         poller = zmq.Poller()
         poller.register(frontend, zmq.POLLIN)
         poller.register(backend, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._waker, zmq.POLLIN)
         sockets = {Side.CLIENT: frontend, Side.WORKER: backend}
         state = self.state
-        next_purge = next_gauges = time.monotonic()
+        next_purge = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
             timeout = min(state.next_timer(now), max(0.0, next_purge - now))
             with transport.zmq_errors("poll"):
                 ready = dict(poller.poll(int(timeout * 1000) + 1))
-            if self._wake_r.fileno() in ready:
-                self._drain_wake()
+            if self._waker in ready:
+                self._waker.drain()
             for side, sock in sockets.items():
                 if sock in ready:
                     self._receive(side, sock, sockets)
             now = time.monotonic()
-            if now >= next_purge:
-                self._send(sockets, state.purge(now))
-                next_purge = now + PURGE_PERIOD
-            self._send(sockets, state.heartbeat(now))
-            if self.metrics is not None and now >= next_gauges:
-                self.metrics.observe(state, now)
-                next_gauges = now + GAUGE_PERIOD
+            with self.lock:
+                out: list[Outgoing] = []
+                if now >= next_purge:
+                    out = state.purge(now)
+                    next_purge = now + PURGE_PERIOD
+                out += state.heartbeat(now)
+            self._emit(sockets, out)
         log.info("broker stopping: %d workers told to disconnect, %d queued requests dropped",
                  len(state.workers), state.queued())
-        self._send(sockets, state.shutdown())
+        with self.lock:
+            out = state.shutdown()
+        self._emit(sockets, out)
 
     def _receive(self, side: Side, sock: zmq.Socket, sockets: dict[Side, zmq.Socket]) -> None:  # type: ignore[type-arg]
         """Handle every message waiting on ``sock`` (bounded, so one busy side cannot starve the other)."""
@@ -117,18 +137,25 @@ class Broker:
             except zmq.ZMQError as exc:
                 log.error("receive on %s socket failed: %s", side.value, exc)
                 return
-            if self.metrics is not None:
-                self.metrics.bytes.labels(direction="in").inc(frames_nbytes(frames))
+            self.traffic.bytes_in += frames_nbytes(frames)
             identity, body = frame_bytes(frames[0]), frames[1:]
             handle = self.state.on_client if side is Side.CLIENT else self.state.on_worker
             try:
-                out = handle(identity, body, time.monotonic())
+                with self.lock:
+                    out = handle(identity, body, time.monotonic())
             except ProtocolError as exc:
                 log.warning("dropped malformed message from %s %s: %s", side.value, identity.hex(), exc)
-                if self.metrics is not None:
-                    self.metrics.malformed.labels(side=side.value).inc()
+                with self.lock:
+                    self.traffic.malformed[side.value] += 1
                 continue
-            self._send(sockets, out)
+            self._emit(sockets, out)
+
+    def _emit(self, sockets: dict[Side, zmq.Socket], out: list[Outgoing]) -> None:  # type: ignore[type-arg]
+        """After a change of the state: its events to the latency histograms, its messages out."""
+        events = self.state.drain_events()  # drained with or without metrics, so they never pile up
+        if self.metrics is not None:
+            self.metrics.observe(events)
+        self._send(sockets, out)
 
     def _send(self, sockets: dict[Side, zmq.Socket], out: list[Outgoing]) -> None:  # type: ignore[type-arg]
         for message in out:
@@ -138,13 +165,7 @@ class Broker:
             except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or queue full: nothing to retry
                 log.warning("could not send to %s %s: %s", message.side.value, message.identity.hex(), exc)
                 continue
-            if self.metrics is not None:
-                self.metrics.bytes.labels(direction="out").inc(frames_nbytes(frames))
-
-    def _drain_wake(self) -> None:
-        with suppress(BlockingIOError):
-            while self._wake_r.recv(4096):
-                pass
+            self.traffic.bytes_out += frames_nbytes(frames)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the loop cleanly (call from the main thread)."""

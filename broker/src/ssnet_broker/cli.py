@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from ssnet_broker.broker import Broker, BrokerConfig
 from ssnet_broker.state import Limits
 from ssnet_common import config as cfg
+from ssnet_common import protocol as mdp
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.rendezvous import BrokerEndpoint, EndpointPublisher
 
@@ -24,13 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "least recently used idle worker, heartbeats workers and re-queues the requests of dead ones.",
     )
     options = cfg.EnvOptions(parser, "SSNET_BROKER_")
-    options.add("--frontend", default="tcp://*:5559", type=cfg.endpoint,
+    options.add("--frontend", default=mdp.FRONTEND_BIND, type=cfg.endpoint,
                 help="endpoint to bind for clients (MDP/Client)")
-    options.add("--backend", default="tcp://*:5560", type=cfg.endpoint,
+    options.add("--backend", default=mdp.BACKEND_BIND, type=cfg.endpoint,
                 help="endpoint to bind for workers (MDP/Worker)")
-    options.add("--heartbeat-interval", default=2.5, type=cfg.positive_float,
+    options.add("--heartbeat-interval", default=mdp.HEARTBEAT_INTERVAL, type=cfg.positive_float,
                 help="seconds between heartbeats sent to each worker; workers must use the same value")
-    options.add("--heartbeat-liveness", default=3, type=cfg.positive_int,
+    options.add("--heartbeat-liveness", default=mdp.HEARTBEAT_LIVENESS, type=cfg.positive_int,
                 help="a worker silent for this many heartbeat intervals is dropped and its request re-queued")
     options.add("--queue-timeout", default=300.0, type=cfg.positive_float,
                 help="longest a request may wait for a worker before the client gets an error reply (seconds)")
@@ -66,17 +67,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metrics_addr=args.metrics_addr,
     )
     try:
-        metrics = None
+        registry = None
         if config.metrics_port:
             from prometheus_client import CollectorRegistry
 
-            from ssnet_broker.metrics import BrokerMetrics
+            registry = CollectorRegistry()
+        broker = Broker(config, registry)
+        if registry is not None:
             from ssnet_common.metrics import serve_metrics
 
-            registry = CollectorRegistry()
-            metrics = BrokerMetrics(registry)
             serve_metrics(registry, config.metrics_port, config.metrics_addr)
-        broker = Broker(config, metrics)
         broker.install_signal_handlers()
         publisher = None
         if args.endpoint_file:  # written by a thread once the broker answers on its advertised frontend

@@ -1,62 +1,96 @@
-"""The broker's Prometheus metrics (``ssnet_broker_*``, base units)."""
+"""The broker's Prometheus metrics (``ssnet_broker_*``, base units), read from the state at scrape time.
+
+:class:`BrokerCollector` is a custom collector: gauges and counters are computed from the
+:class:`~ssnet_broker.state.BrokerState` (its services, workers and :class:`~ssnet_broker.state.Counters`) and
+the loop's :class:`~ssnet_broker.broker.Traffic` when Prometheus asks; the two latency histograms need
+observations, so the loop feeds them the state's events through :meth:`BrokerCollector.observe`.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ssnet_broker.state import Dispatched, Outcome
 from ssnet_common.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from ssnet_broker.state import BrokerState, Outcome
+    from prometheus_client.core import Metric
+
+    from ssnet_broker.broker import Traffic
+    from ssnet_broker.state import BrokerState, Event
 
 
-class BrokerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.workers = Gauge("ssnet_broker_workers", "Connected workers by service and state (idle, busy)",
-                             ["service", "state"], registry=registry)
-        self.queued = Gauge("ssnet_broker_queued_requests", "Requests waiting for a worker, by service",
-                            ["service"], registry=registry)
-        self.heartbeat_age = Gauge(
-            "ssnet_broker_worker_heartbeat_age_seconds",
-            "Longest time since any worker of the service was last heard from", ["service"], registry=registry)
-        self.requests = Counter("ssnet_broker_requests_total", "Requests finished, by service and outcome",
-                                ["service", "outcome"], registry=registry)
+class BrokerCollector:
+    """Register on a ``CollectorRegistry``; ``lock`` must be the one the loop holds while it changes ``state``."""
+
+    def __init__(self, state: BrokerState, traffic: Traffic, lock: Optional[threading.Lock] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.state = state
+        self.traffic = traffic
+        # Consistency: the loop changes the state only while holding ``lock``, and collect() reads it under the
+        # same lock (briefly, no I/O), so a scrape sees the state between two messages, never halfway through one.
+        self.lock = threading.Lock() if lock is None else lock
+        self.clock = clock  # the state's clock, for heartbeat ages
+        self.started = time.time()  # every counter starts at zero with the state: their _created time
         self.latency = Histogram("ssnet_broker_request_duration_seconds",
                                  "Time from a request's arrival to its final reply or error", ["service"],
-                                 buckets=LATENCY_BUCKETS, registry=registry)
+                                 buckets=LATENCY_BUCKETS, registry=None)
         self.queue_wait = Histogram("ssnet_broker_queue_wait_seconds",
                                     "Time a request waited in the queue before a worker took it", ["service"],
-                                    buckets=LATENCY_BUCKETS, registry=registry)
-        self.heartbeats = Counter("ssnet_broker_heartbeats_total", "Heartbeats sent to and received from workers",
-                                  ["direction"], registry=registry)
-        self.expirations = Counter("ssnet_broker_worker_expirations_total",
-                                   "Workers dropped because they stopped sending heartbeats", ["service"],
-                                   registry=registry)
-        self.requeues = Counter("ssnet_broker_requeues_total",
-                                "Requests put back in the queue because their worker died", ["service"],
-                                registry=registry)
-        self.bytes = Counter("ssnet_broker_bytes_total", "Message bytes received (in) and sent (out)",
-                             ["direction"], registry=registry)
-        self.malformed = Counter("ssnet_broker_malformed_messages_total", "Messages dropped as malformed",
-                                 ["side"], registry=registry)
-        self._seen: set[str] = set()
+                                    buckets=LATENCY_BUCKETS, registry=None)
+        self._seen: set[str] = set()  # gauge labels ever exposed: a service that went away reads zero
 
-    def service_registered(self, service: str) -> None:
-        """Create the service's series at once, so rates and quantiles exist before its first request ends."""
-        self.requests.labels(service=service, outcome="ok")
-        self.latency.labels(service=service)
-        self.queue_wait.labels(service=service)
-        self.requeues.labels(service=service)
-        self.expirations.labels(service=service)
+    def observe(self, events: Iterable[Event]) -> None:
+        """Feed the histograms (called by the loop with :meth:`BrokerState.drain_events`)."""
+        for event in events:
+            if isinstance(event, Dispatched):
+                self.queue_wait.labels(service=event.service).observe(event.waited)
+            else:
+                self.latency.labels(service=event.service).observe(event.seconds)
 
-    def finished(self, service: str, outcome: Outcome, seconds: float) -> None:
-        self.requests.labels(service=service, outcome=outcome.value).inc()
-        self.latency.labels(service=service).observe(seconds)
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples (lets the registry detect clashes and serve ``?name[]=`` queries)."""
+        yield from self._families()
 
-    def observe(self, state: BrokerState, now: float) -> None:
-        """Refresh the gauges from the state (called by the loop, a few times a second at most)."""
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            families = self._families(self.clock())
+        yield from families
+
+    def _families(self, now: Optional[float] = None) -> list[Metric]:
+        """Every family in the order they were always exposed; with samples read from the state if ``now``."""
+        workers = GaugeMetricFamily("ssnet_broker_workers", "Connected workers by service and state (idle, busy)",
+                                    labels=["service", "state"])
+        queued = GaugeMetricFamily("ssnet_broker_queued_requests", "Requests waiting for a worker, by service",
+                                   labels=["service"])
+        heartbeat_age = GaugeMetricFamily("ssnet_broker_worker_heartbeat_age_seconds",
+                                          "Longest time since any worker of the service was last heard from",
+                                          labels=["service"])
+        requests = CounterMetricFamily("ssnet_broker_requests_total", "Requests finished, by service and outcome",
+                                       labels=["service", "outcome"])
+        heartbeats = CounterMetricFamily("ssnet_broker_heartbeats_total",
+                                         "Heartbeats sent to and received from workers", labels=["direction"])
+        expirations = CounterMetricFamily("ssnet_broker_worker_expirations_total",
+                                          "Workers dropped because they stopped sending heartbeats",
+                                          labels=["service"])
+        requeues = CounterMetricFamily("ssnet_broker_requeues_total",
+                                       "Requests put back in the queue because their worker died", labels=["service"])
+        traffic = CounterMetricFamily("ssnet_broker_bytes_total", "Message bytes received (in) and sent (out)",
+                                      labels=["direction"])
+        malformed = CounterMetricFamily("ssnet_broker_malformed_messages_total", "Messages dropped as malformed",
+                                        labels=["side"])
+        if now is None:
+            [latency], [queue_wait] = self.latency.describe(), self.queue_wait.describe()
+            return [workers, queued, heartbeat_age, requests, latency, queue_wait, heartbeats, expirations,
+                    requeues, traffic, malformed]
+
+        state, counters, created = self.state, self.state.counters, self.started
+        # gauges: the current state
         counts: dict[str, list[int]] = {}  # label -> [idle, busy, queued]
         for name, service in state.services.items():
             row = counts.setdefault(state.label(name), [0, 0, 0])
@@ -66,11 +100,34 @@ class BrokerMetrics:
         ages: dict[str, float] = {}
         for worker in state.workers.values():
             ages[worker.service] = max(ages.get(worker.service, 0.0), now - worker.last_seen)
-        for label in self._seen - set(counts):  # a service that went away reads zero, not its last value
+        for label in self._seen - set(counts):
             counts[label] = [0, 0, 0]
         self._seen |= set(counts)
-        for label, (idle, busy, queued) in counts.items():
-            self.workers.labels(service=label, state="idle").set(idle)
-            self.workers.labels(service=label, state="busy").set(busy)
-            self.queued.labels(service=label).set(queued)
-            self.heartbeat_age.labels(service=label).set(ages.get(label, 0.0))
+        for label, (idle, busy, waiting) in counts.items():
+            workers.add_metric([label, "idle"], idle)
+            workers.add_metric([label, "busy"], busy)
+            queued.add_metric([label], waiting)
+            heartbeat_age.add_metric([label], ages.get(label, 0.0))
+
+        # counters: the running totals; a registered service has its series from the start, at zero
+        finished = dict(counters.finished)
+        for name in sorted(state.registered):
+            finished.setdefault((name, Outcome.OK), 0)
+            self.latency.labels(service=name)  # the histograms' series too
+            self.queue_wait.labels(service=name)
+        for (label, outcome), count in finished.items():
+            requests.add_metric([label, outcome.value], count, created)
+        for direction, count in (("received", counters.heartbeats_received), ("sent", counters.heartbeats_sent)):
+            if count:
+                heartbeats.add_metric([direction], count, created)
+        for family, totals in ((expirations, counters.expirations), (requeues, counters.requeues)):
+            for label in [*totals, *(name for name in sorted(state.registered) if name not in totals)]:
+                family.add_metric([label], totals[label], created)
+        # the loop's own totals (its ints are read without the lock: reading an int is atomic)
+        for direction, count in (("in", self.traffic.bytes_in), ("out", self.traffic.bytes_out)):
+            if count:
+                traffic.add_metric([direction], count, created)
+        for side, count in self.traffic.malformed.items():
+            malformed.add_metric([side], count, created)
+        return [workers, queued, heartbeat_age, requests, *self.latency.collect(), *self.queue_wait.collect(),
+                heartbeats, expirations, requeues, traffic, malformed]

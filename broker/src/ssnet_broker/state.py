@@ -15,27 +15,34 @@ Rules (RFC 18 plus ours):
   a client's retry of it: it is dropped, so one request is never worked on twice at once.
 * Workers are sent a HEARTBEAT every ``heartbeat_interval``, idle or busy; a worker silent for
   ``heartbeat_liveness`` intervals is dropped.  Unexpected commands get DISCONNECT, as RFC 18 asks.
+
+Besides the current state, the machine keeps what cannot be read off it later: running totals
+(:class:`Counters`) and, for latency histograms, the durations it measured (:data:`Event` values, in a bounded
+buffer that the loop drains with :meth:`BrokerState.drain_events` after each call).  It exports nothing itself.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Union
 
 from ssnet_common import protocol as mdp
-from ssnet_common.errors import ProtocolError
+from ssnet_common.errors import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
-    from ssnet_broker.metrics import BrokerMetrics
     from ssnet_common.protocol import Frame
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_SERVICE_LABEL = "_unknown"
-"""Metrics label for services no worker ever registered (keeps label cardinality bounded)."""
+"""The one name under which totals and events count services no worker ever registered (clients may ask for any
+name: this keeps the counters, and the metrics labels made from them, bounded)."""
+
+MAX_EVENTS = 100_000
+"""Events kept until drained; past it the oldest are dropped (only if nobody drains, or one call makes more)."""
 
 
 class Side(enum.Enum):
@@ -56,11 +63,40 @@ class Outcome(str, enum.Enum):
     """How a request ended; the failures are also the error codes clients receive."""
 
     OK = "ok"
-    WORKER_ERROR = mdp.ERR_WORKER
-    QUEUE_FULL = mdp.ERR_QUEUE_FULL
-    QUEUE_TIMEOUT = mdp.ERR_QUEUE_TIMEOUT
-    UNKNOWN_SERVICE = mdp.ERR_UNKNOWN_SERVICE
-    WORKER_LOST = mdp.ERR_WORKER_LOST
+    WORKER_ERROR = ErrorCode.WORKER_ERROR.value
+    QUEUE_FULL = ErrorCode.QUEUE_FULL.value
+    QUEUE_TIMEOUT = ErrorCode.QUEUE_TIMEOUT.value
+    UNKNOWN_SERVICE = ErrorCode.UNKNOWN_SERVICE.value
+    WORKER_LOST = ErrorCode.WORKER_LOST.value
+
+
+@dataclass
+class Counters:
+    """Running totals since the state was made; they only grow.  Services are named by :meth:`BrokerState.label`."""
+
+    heartbeats_received: int = 0  # from known workers
+    heartbeats_sent: int = 0
+    finished: Counter[tuple[str, Outcome]] = field(default_factory=Counter)  # requests ended, by service and outcome
+    requeues: Counter[str] = field(default_factory=Counter)  # requests put back in the queue as their worker died
+    expirations: Counter[str] = field(default_factory=Counter)  # workers dropped for silence
+
+
+class Dispatched(NamedTuple):
+    """A worker of ``service`` took a request that had waited ``waited`` seconds in the queue."""
+
+    service: str
+    waited: float
+
+
+class Finished(NamedTuple):
+    """A request for ``service`` (see :meth:`BrokerState.label`) ended with ``outcome``, ``seconds`` after arriving."""
+
+    service: str
+    outcome: Outcome
+    seconds: float
+
+
+Event = Union[Dispatched, Finished]
 
 
 @dataclass
@@ -101,8 +137,8 @@ class Service:
 
 @dataclass(frozen=True)
 class Limits:
-    heartbeat_interval: float = 2.5
-    heartbeat_liveness: int = 3
+    heartbeat_interval: float = mdp.HEARTBEAT_INTERVAL
+    heartbeat_liveness: int = mdp.HEARTBEAT_LIVENESS
     queue_timeout: float = 300.0
     max_queue: int = 10000
     max_attempts: int = 3
@@ -115,14 +151,15 @@ class Limits:
 class BrokerState:
     """Everything the broker knows; see the module docstring for the rules."""
 
-    def __init__(self, limits: Limits, now: float, metrics: Optional[BrokerMetrics] = None) -> None:
+    def __init__(self, limits: Limits, now: float) -> None:
         self.limits = limits
-        self.metrics = metrics
         self.services: dict[str, Service] = {}
         self.workers: dict[bytes, Worker] = {}
         self.registered: set[str] = set()  # services that ever had a worker
         self.pending: set[tuple[bytes, int]] = set()  # (client, request id) queued or being processed
         self.next_heartbeat = now + limits.heartbeat_interval
+        self.counters = Counters()
+        self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
 
     # ----------------------------------------------------------------------------------- queries
     def has_workers(self, service: str) -> bool:
@@ -130,6 +167,7 @@ class BrokerState:
         return found is not None and found.workers > 0
 
     def label(self, service: str) -> str:
+        """``service``, or :data:`UNKNOWN_SERVICE_LABEL` if no worker ever registered for it."""
         return service if service in self.registered else UNKNOWN_SERVICE_LABEL
 
     def queued(self) -> int:
@@ -138,6 +176,12 @@ class BrokerState:
     def next_timer(self, now: float) -> float:
         """Seconds until the next heartbeat is due (the loop's longest poll)."""
         return max(0.0, self.next_heartbeat - now)
+
+    def drain_events(self) -> list[Event]:
+        """The events since the last call, oldest first (the loop hands them to the latency histograms)."""
+        events = list(self.events)
+        self.events.clear()
+        return events
 
     # ------------------------------------------------------------------------------ client side
     def on_client(self, identity: bytes, frames: Sequence[Frame], now: float) -> list[Outgoing]:
@@ -182,8 +226,7 @@ class BrokerState:
             log.info("message from unknown worker %s: sending DISCONNECT", identity.hex())
             return [Outgoing(Side.WORKER, identity, mdp.Disconnect(message.delimited).encode())]
         if isinstance(message, mdp.Heartbeat):
-            if self.metrics is not None:
-                self.metrics.heartbeats.labels(direction="received").inc()
+            self.counters.heartbeats_received += 1
             return []
         return self._on_reply(worker, message, now)
 
@@ -196,8 +239,6 @@ class BrokerState:
         worker = Worker(identity, ready.service, ready.delimited, now + self.limits.worker_ttl, now)
         self.workers[identity] = worker
         self.registered.add(ready.service)
-        if self.metrics is not None:
-            self.metrics.service_registered(ready.service)
         service = self._service(ready.service)
         service.workers += 1
         service.idle[identity] = worker
@@ -218,9 +259,7 @@ class BrokerState:
         self._forget(request)
         service = self._service(worker.service)
         service.idle[worker.identity] = worker  # most recently used: back of the queue
-        if self.metrics is not None:
-            outcome = Outcome.WORKER_ERROR if mdp.is_error_body(reply.body) else Outcome.OK
-            self.metrics.finished(self.label(request.service), outcome, now - request.received)
+        self._finished(request, Outcome.WORKER_ERROR if mdp.is_error_body(reply.body) else Outcome.OK, now)
         return out + self._dispatch(service, now)
 
     # ------------------------------------------------------------------------------ timers
@@ -230,8 +269,7 @@ class BrokerState:
         for worker in [w for w in self.workers.values() if w.expires < now]:
             log.warning("worker %s of service %r expired (silent %.1f s)",
                         worker.identity.hex(), worker.service, now - worker.last_seen)
-            if self.metrics is not None:
-                self.metrics.expirations.labels(service=worker.service).inc()
+            self.counters.expirations[worker.service] += 1
             out += self._remove(worker, now, "expired")
         deadline = now - self.limits.queue_timeout
         for service in list(self.services.values()):
@@ -254,8 +292,7 @@ class BrokerState:
         if now < self.next_heartbeat:
             return []
         self.next_heartbeat = now + self.limits.heartbeat_interval
-        if self.metrics is not None and self.workers:
-            self.metrics.heartbeats.labels(direction="sent").inc(len(self.workers))
+        self.counters.heartbeats_sent += len(self.workers)
         return [Outgoing(Side.WORKER, w.identity, mdp.Heartbeat(w.delimited).encode()) for w in self.workers.values()]
 
     def shutdown(self) -> list[Outgoing]:
@@ -284,8 +321,7 @@ class BrokerState:
             request = service.queue.popleft()
             request.attempts += 1
             worker.request = request
-            if self.metrics is not None:
-                self.metrics.queue_wait.labels(service=service.name).observe(now - request.queued)
+            self.events.append(Dispatched(service.name, now - request.queued))
             message = mdp.WorkerRequest(request.client, request.message.body, delimited=worker.delimited)
             out.append(Outgoing(Side.WORKER, worker.identity, message.encode()))
         return out
@@ -308,8 +344,7 @@ class BrokerState:
             else:
                 log.info("request of client %s goes back to the queue of %r (attempt %d of %d)",
                          request.client.hex(), service.name, request.attempts + 1, self.limits.max_attempts)
-                if self.metrics is not None:
-                    self.metrics.requeues.labels(service=service.name).inc()
+                self.counters.requeues[service.name] += 1
                 request.queued = now
                 service.queue.appendleft(request)
                 out += self._dispatch(service, now)
@@ -323,10 +358,15 @@ class BrokerState:
     def _fail(self, request: Request, outcome: Outcome, message: str, now: float) -> Outgoing:
         self._forget(request)
         log.warning("request of client %s for %r failed: %s", request.client.hex(), request.service, message)
-        if self.metrics is not None:
-            self.metrics.finished(self.label(request.service), outcome, now - request.received)
+        self._finished(request, outcome, now)
         reply = mdp.broker_error(request.message, outcome.value, message)
         return Outgoing(Side.CLIENT, request.client, reply.encode())
 
+    def _finished(self, request: Request, outcome: Outcome, now: float) -> None:
+        label = self.label(request.service)
+        self.counters.finished[label, outcome] += 1
+        self.events.append(Finished(label, outcome, now - request.received))
 
-__all__ = ["BrokerState", "Limits", "Outcome", "Outgoing", "ProtocolError", "Side"]
+
+__all__ = ["BrokerState", "Counters", "Dispatched", "Event", "Finished", "Limits", "Outcome", "Outgoing",
+           "ProtocolError", "Side"]

@@ -315,10 +315,6 @@ class BodyKind(IntEnum):
 
 # The codes carried in ERROR bodies: ssnet_common.errors.ErrorCode.
 ERROR_CODES = frozenset(code.value for code in ErrorCode)
-ERR_QUEUE_FULL, ERR_QUEUE_TIMEOUT, ERR_UNKNOWN_SERVICE, ERR_WORKER_LOST = (  # TEMPORARY: the broker's last users
-    ErrorCode.QUEUE_FULL.value, ErrorCode.QUEUE_TIMEOUT.value, ErrorCode.UNKNOWN_SERVICE.value,
-    ErrorCode.WORKER_LOST.value)
-ERR_WORKER = ErrorCode.WORKER_ERROR.value
 MAX_ERROR_MESSAGE = 64 * 1024
 
 
