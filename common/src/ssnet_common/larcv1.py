@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Tuple, Union
 import numpy as np
 
 from ssnet_common.errors import LArCV1Error
+from ssnet_common.files import put_in_place
 from ssnet_common.imagemeta import ImageMeta
 
 if TYPE_CHECKING:
@@ -556,7 +557,7 @@ class LArCV1Writer:
             self._file.Close()
             if self._file.TestBit(root.TFile.kWriteError):
                 raise LArCV1Error("ROOT failed to write the file", path=str(self.path))
-            os.replace(self._temp, self.path)
+            put_in_place(self._temp, self.path)
         except OSError as exc:
             self._discard()
             raise LArCV1Error(f"cannot put the written file in place: {exc}", path=str(self.path)) from exc

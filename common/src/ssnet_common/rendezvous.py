@@ -41,13 +41,13 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from ssnet_common.config import EnvOptions, endpoint, non_negative_float, positive_float
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.files import write_atomically
 from ssnet_common.transport import mmi_service
 
 log = logging.getLogger(__name__)
@@ -170,26 +170,13 @@ def advertised(bound: str, host: str) -> str:
 
 # --------------------------------------------------------------------------------------------- the file
 def write_endpoint_file(path: PathLike, info: BrokerEndpoint) -> None:
-    """Write ``info`` to ``path`` atomically (temporary file in the same directory, fsync, ``os.replace``)."""
+    """Write ``info`` to ``path`` atomically (:func:`ssnet_common.files.write_atomically`)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as stream:
-            stream.write(info.to_json())
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, info.to_json().encode("utf-8"))
     except OSError as exc:
-        with suppress(OSError):
-            temporary.unlink()
         raise RendezvousError(f"cannot write endpoint file {target}: {exc.strerror or exc}") from None
-    with suppress(OSError):  # make the rename durable (best effort: not every filesystem fsyncs directories)
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
 
 def read_endpoint_file(path: PathLike) -> BrokerEndpoint:

@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, cast
@@ -30,6 +29,7 @@ from ssnet_common.config import (
     positive_int,
 )
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.files import put_in_place, temporary_beside
 from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, PRECISIONS, InputShapeError, make_engine
 
 log = logging.getLogger("ssnet_worker.infer")
@@ -111,8 +111,7 @@ def run(args: argparse.Namespace) -> None:
     log.info("engine %s; %d image(s) of %s from %s", engine.describe(), n,
              "x".join(map(str, inputs.shape[1:])), args.input)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
+    tmp_name = str(temporary_beside(output))
     try:
         result: Optional[np.memmap[Any, Any]] = None
         times: List[float] = []
@@ -129,21 +128,12 @@ def run(args: argparse.Namespace) -> None:
         assert result is not None
         result.flush()
         del result
-        with open(tmp_name, "rb+") as written:
-            os.fsync(written.fileno())
-        os.chmod(tmp_name, 0o644 & ~_umask())
-        os.replace(tmp_name, output)
+        put_in_place(tmp_name, output)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     log.info("wrote %s: %d image(s) in %.3f s (%.3f s per image, first batch %.3f s)", output, n, sum(times),
              sum(times) / n, times[0])
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
