@@ -359,31 +359,18 @@ class OnnxEngine(Engine):
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def _open_blas_libraries() -> List[Any]:
-    """The OpenBLAS libraries loaded in this process (ctypes handles exporting openblas_set_num_threads)."""
-    paths = set()
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                parts = line.split()
-                if len(parts) >= 6 and "openblas" in os.path.basename(parts[-1]):
-                    paths.add(os.path.realpath(parts[-1]))
-    except OSError:
-        return []
-    libraries = []
-    for path in sorted(paths):
-        try:
-            library = ctypes.CDLL(path)
-            library.openblas_get_num_threads.restype = ctypes.c_int
-            library.openblas_set_num_threads.argtypes = [ctypes.c_int]
-        except (OSError, AttributeError):
-            continue
-        libraries.append(library)
-    return libraries
+def _blas_libraries() -> List[Dict[str, Any]]:
+    """The BLAS libraries loaded in this process, as threadpoolctl describes them (internal_api, num_threads)."""
+    from threadpoolctl import threadpool_info
+
+    return [info for info in threadpool_info() if info.get("user_api") == "blas"]
 
 
 def _cuda_device_count() -> Optional[int]:
-    """CUDA devices seen through the libcudart this process loaded (with a CUDA Caffe); None without one."""
+    """CUDA devices seen through the libcudart this process loaded (with a CUDA Caffe); None without one.
+
+    By hand: no maintained library asks a CUDA runtime that another library (Caffe) loaded, without CUDA bindings.
+    """
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "/libcudart.so" in line}
@@ -430,9 +417,10 @@ class CaffeEngine(Engine):
                 raise ConfigError(f"GPU {gpu} requested, but CUDA sees {count} device(s)")
             caffe.set_mode_gpu()
             caffe.set_device(gpu)
-        if threads is not None:
-            for library in _open_blas_libraries():
-                library.openblas_set_num_threads(threads)
+        if threads is not None:  # after import caffe, which loads the BLAS
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=threads, user_api="blas")
         net = caffe.Net(str(prototxt), caffe.TEST, weights=str(caffemodel))
         if output not in net.blobs:
             raise ConfigError(f"prototxt {prototxt}: no blob named {output!r} (the output blob)")
@@ -442,11 +430,12 @@ class CaffeEngine(Engine):
     def threads(self) -> Optional[int]:
         if self._gpu is not None:
             return None
-        counts = {int(library.openblas_get_num_threads()) for library in _open_blas_libraries()}
+        counts = {int(library["num_threads"]) for library in _blas_libraries()}
         return counts.pop() if len(counts) == 1 else None
 
     def describe(self) -> str:
-        blas = "OpenBLAS" if _open_blas_libraries() else "BLAS: not OpenBLAS (check libblas.so.3)"
+        openblas = any(library.get("internal_api") == "openblas" for library in _blas_libraries())
+        blas = "OpenBLAS" if openblas else "BLAS: not OpenBLAS (check libblas.so.3)"
         return f"{super().describe()}, {blas}"
 
     def _forward(self, image: np.ndarray) -> np.ndarray:
