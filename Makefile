@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
-PY_SOURCES := common broker worker client tests bench scripts examples
+PY_SOURCES := common data/src broker worker client tests bench scripts examples
 
 .PHONY: demo test venv lint typecheck pytest pytest39 images containers clean
 

@@ -36,8 +36,8 @@ from ssnet_client import base as client_base
 from ssnet_client import larcv1_client
 from ssnet_client.base import Client, ClientConfig
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
-from ssnet_common import larcv1
-from ssnet_common.larcv1 import LArCV1Reader, load_writer_backend
+from ssnet_data import larcv1
+from ssnet_data.larcv1 import LArCV1Reader, load_writer_backend
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "larcv1"

@@ -10,7 +10,7 @@ of this shared machine hits all alike; the figures are the medians over rounds. 
 same seeded sparse wire-plane-like images: the first forward (allocation, autotuning), ``--repeat`` forwards at
 batch 1, and one forward of 4 images (torch and onnx: one pass; caffe and opencv: one by one).  Reported: seconds
 per plane at batch 1 and 4, peak RSS, max/mean |diff| and top-class agreement with genuine Caffe's softmax, and
-the ratio of each engine's batch-1 time to genuine Caffe's.  The code measured is the checkout's (common/src
+the ratio of each engine's batch-1 time to genuine Caffe's.  The code measured is the checkout's (common/src, data/src
 and worker/src on PYTHONPATH, mounted into the image).
 """
 
@@ -85,12 +85,12 @@ def run_engine(spec: str, args: argparse.Namespace, tmp: Path) -> Dict[str, Any]
     options = ["--child", name, "--repeat", str(args.repeat), "--size", str(args.size), "--seed", str(args.seed),
                "--threads", str(args.threads)]
     env = {"OPENBLAS_NUM_THREADS": str(args.threads), "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join([str(REPO / "common/src"), str(REPO / "worker/src")])}
+           "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("common/src", "data/src", "worker/src"))}
     if in_image:
         tmp.chmod(0o777)
         command = ["docker", "run", "--rm", "--network", "none", "-v", f"{REPO}:/repo:ro",
                    "-v", f"{args.shared}:/shared:ro", "-v", f"{tmp}:/out", "-w", "/repo",
-                   "-e", "PYTHONPATH=/repo/common/src:/repo/worker/src",
+                   "-e", "PYTHONPATH=/repo/common/src:/repo/data/src:/repo/worker/src",
                    "-e", f"OPENBLAS_NUM_THREADS={args.threads}", "-e", f"OMP_NUM_THREADS={args.threads}", IMAGE,
                    "python3", "bench/ssnet_engines.py", *options, "--out", f"/out/{out.name}",
                    "--prototxt", "/shared/models/ssnet/dllee_ssnet2018.prototxt",

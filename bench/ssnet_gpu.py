@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-for folder in ("common/src", "worker/src", "tests/fidelity"):
+for folder in ("common/src", "data/src", "worker/src", "tests/fidelity"):
     sys.path.insert(0, str(REPO / folder))
 from layer_nets import sparse_adc_image  # noqa: E402
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from ssnet_client.batch import BatchClient, epoch_batches
 from ssnet_client.local import services, wait_for_workers
-from ssnet_common.batchmsg import Preprocess
-from ssnet_common.larcv1 import LArCV1Reader
+from ssnet_data.batchmsg import Preprocess
+from ssnet_data.larcv1 import LArCV1Reader
 from ssnet_worker.batch import assemble_batch
 
 REPO = Path(__file__).resolve().parents[1]

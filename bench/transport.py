@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 
 from ssnet_client import Client, ClientConfig
-from ssnet_common.ndarray import decode_arrays, encode_arrays
+from ssnet_data.ndarray import decode_arrays, encode_arrays
 
 EVENT = [np.random.default_rng(seed).random((512, 512), dtype=np.float32) for seed in range(3)]
 EVENT_BYTES = sum(a.nbytes for a in EVENT)

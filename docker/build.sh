@@ -47,7 +47,7 @@ tag_of() {
   esac
 }
 packages_of() {
-  case $1 in broker) echo common broker ;; client) echo common client ;; worker*) echo common worker ;; esac
+  case $1 in broker) echo common broker ;; client) echo common data client ;; worker*) echo common data worker ;; esac
 }
 # image NAME -> "PYTHON-VERSION GLIBC-MINOR" of its base image, for the wheels of its requirements.txt
 python_of() {
@@ -65,7 +65,7 @@ trap 'rm -rf "$work"' EXIT
 # The project's wheels, built once for every image.
 wheels=$work/wheels
 if [[ " ${images[*]} " != " prometheus " ]]; then
-  for pkg in common broker worker client; do
+  for pkg in common data broker worker client; do
     mkdir -p "$work/src/$pkg"
     cp -r "$pkg/pyproject.toml" "$pkg/src" "$work/src/$pkg/"
   done

@@ -22,7 +22,7 @@ from typing import Optional
 
 from ssnet_client.batch import BatchClient
 from ssnet_client.local import services, wait_for_workers
-from ssnet_common.batchmsg import Preprocess
+from ssnet_data.batchmsg import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "larcv1" / "ssnet_sample_512.root"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create the project's virtual environments from scratch or bring them up to date.
-#   .venv    Python 3.11: all four packages (editable) with the LArCV1 extra, every engine (onnx, torch, OpenCV),
+#   .venv    Python 3.11: all five packages (editable) with the LArCV1 extra, every engine (onnx, torch, OpenCV),
 #            and the dev tools.
-#   .venv39  Python 3.9 (when one is installed): ssnet_common and ssnet_worker only, which must run on the
+#   .venv39  Python 3.9 (when one is installed): ssnet_common, ssnet_data and ssnet_worker only, which must run on the
 #            Python of the Caffe image, with the onnx engine's last cp39 releases (onnxruntime 1.19.2, onnx
 #            1.19.1); the test command runs their unit tests there too.
 # Re-running is cheap: pip skips what is already installed.
@@ -22,13 +22,13 @@ pip_quiet=(--quiet --disable-pip-version-check)
 
 if [ ! -x .venv/bin/python ]; then "$PY311" -m venv .venv; fi
 .venv/bin/python -m pip install "${pip_quiet[@]}" -r requirements-dev.txt \
-  -e 'common[metrics]' -e broker -e 'worker[opencv,larcv1,onnx,torch]' -e 'client[larcv1]'
+  -e 'common[metrics]' -e 'data[larcv1]' -e broker -e 'worker[opencv,larcv1,onnx,torch]' -e 'client[larcv1]'
 
 PY39=$(find_python 3.9 || true)
 if [ -n "$PY39" ]; then
   if [ ! -x .venv39/bin/python ]; then "$PY39" -m venv .venv39; fi
   .venv39/bin/python -m pip install "${pip_quiet[@]}" pytest pytest-timeout hypothesis \
-    onnxruntime==1.19.2 onnx==1.19.1 -e 'common[metrics]' -e 'worker[larcv1,onnx]'
+    onnxruntime==1.19.2 onnx==1.19.1 -e 'common[metrics]' -e 'data[larcv1]' -e 'worker[larcv1,onnx]'
 else
   echo "bootstrap: no Python 3.9 found; the 3.9 test run will be skipped" >&2
 fi

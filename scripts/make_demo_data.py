@@ -1,7 +1,7 @@
 """Regenerate data/demo/ssnet_demo.root: the first entries of the shared 512x512 sample, re-written by
 ssnet-server's own LArCV1 writer (producer "wire").  Needs uproot and ROOT's Python bindings.
 
-    PYTHONPATH=common/src python3 scripts/make_demo_data.py [--source FILE] [--output FILE] [--entries N]
+    PYTHONPATH=common/src:data/src python3 scripts/make_demo_data.py [--source FILE] [--output FILE] [--entries N]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ssnet_common.larcv1 import LArCV1Reader, LArCV1Writer
+from ssnet_data.larcv1 import LArCV1Reader, LArCV1Writer
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "larcv1" / "ssnet_sample_512.root"

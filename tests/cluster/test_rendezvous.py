@@ -20,7 +20,7 @@ import pytest
 
 from ssnet_common import rendezvous as rv
 from ssnet_common.errors import ConfigError
-from ssnet_common.larcv1 import LArCV1Reader, list_image2d_producers
+from ssnet_data.larcv1 import LArCV1Reader, list_image2d_producers
 
 from ..integration.conftest import free_port, wait_until
 

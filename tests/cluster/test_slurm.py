@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from ssnet_common import rendezvous as rv
-from ssnet_common.larcv1 import LArCV1Reader, list_image2d_producers
+from ssnet_data.larcv1 import LArCV1Reader, list_image2d_producers
 
 from ..integration.conftest import free_port, scrape, wait_until
 

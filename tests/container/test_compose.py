@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssnet_common.larcv1 import LArCV1Reader
+from ssnet_data.larcv1 import LArCV1Reader
 from ssnet_worker.ssnet import Preprocessing
 
 from .conftest import (

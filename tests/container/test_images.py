@@ -119,10 +119,16 @@ print(ort.__version__, onnx.__version__, pb.__version__, np.__version__, z.shape
     ("ssnet-broker:latest", "ssnet-broker"), ("ssnet-client:latest", "ssnet-client"),
     ("ssnet-worker:cpu", "ssnet-worker"),
 ])
-def test_each_image_installs_common_and_its_own_package_only(engine: None, image: str, command: str) -> None:
-    code = ("import importlib.util as u; print(*[n for n in ('ssnet_common', 'ssnet_broker', 'ssnet_worker', "
-            "'ssnet_client') if u.find_spec(n)])")
+def test_each_image_installs_only_the_packages_it_runs(engine: None, image: str, command: str) -> None:
+    """The broker: ssnet_common and ssnet_broker, and no numpy (it never looks into payloads); the others add
+    ssnet_data.  Every project package is installed with its declared dependencies satisfied (pip check)."""
+    code = ("import importlib.util as u; print(*[n for n in ('ssnet_common', 'ssnet_data', 'ssnet_broker', "
+            "'ssnet_worker', 'ssnet_client', 'numpy') if u.find_spec(n)])")
     present = docker("run", "--rm", "--network", "none", image, "python3", "-c", code).stdout.split()
-    assert present == ["ssnet_common", command.replace("-", "_")]
+    own = command.replace("-", "_")
+    if own == "ssnet_broker":
+        assert present == ["ssnet_common", "ssnet_broker"]
+    else:
+        assert present == ["ssnet_common", "ssnet_data", own, "numpy"]
     default = docker("image", "inspect", "-f", "{{json .Config.Cmd}}", image).stdout.strip()
     assert default == f'["{command}"]'

@@ -28,8 +28,8 @@ from ssnet_client.base import ClientConfig
 from ssnet_client.larcv1_cli import describe
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common.errors import ProtocolError
-from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_common.protocol import Frame
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.base import Worker, WorkerConfig
 
 from .conftest import Stack, free_port, scrape, wait_until

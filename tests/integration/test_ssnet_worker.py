@@ -14,9 +14,9 @@ import pytest
 
 from ssnet_client import Client, ClientConfig, WorkerError
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1 import LArCV1Reader
-from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1 import LArCV1Reader
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.engines import engine_available, make_engine
 from ssnet_worker.ssnet import Preprocessing
 

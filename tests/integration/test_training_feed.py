@@ -20,9 +20,9 @@ import pytest
 
 from ssnet_client.base import Client
 from ssnet_client.batch import Batch, BatchClient, as_torch, epoch_batches, epoch_order
-from ssnet_common.batchmsg import BatchReply, BatchRequest, Preprocess, shard_range
 from ssnet_common.errors import WorkerError
-from ssnet_common.larcv1 import LArCV1Reader
+from ssnet_data.batchmsg import BatchReply, BatchRequest, Preprocess, shard_range
+from ssnet_data.larcv1 import LArCV1Reader
 from ssnet_worker.base import WorkerConfig
 from ssnet_worker.batch import BatchWorker, assemble_batch
 
@@ -47,7 +47,7 @@ def manifest(shared: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def two_producers(sample: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The sample's ``wire`` images plus ``segment`` labels (0, 1, 2 by ADC) in one LArCV1 file."""
-    from ssnet_common.larcv1 import LArCV1Writer
+    from ssnet_data.larcv1 import LArCV1Writer
 
     path = tmp_path_factory.mktemp("feed") / "wire_segment.root"
     with LArCV1Writer(path, ["wire", "segment"]) as writer:

@@ -22,8 +22,6 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from ssnet_common.errors import ErrorCode
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_common.protocol import (
     Body,
     BodyKind,
@@ -40,13 +38,15 @@ from ssnet_common.protocol import (
     request_body,
 )
 from ssnet_common.transport import bind, new_socket, recv, send
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.base import REPEATED_SIGNAL_GRACE, WorkerConfig
 from ssnet_worker.dummy import EchoWorker
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
 
 ROOT = Path(__file__).resolve().parents[2]
-SRC_PATH = os.pathsep.join(str(ROOT / sub) for sub in ("common/src", "worker/src"))
+SRC_PATH = os.pathsep.join(str(ROOT / sub) for sub in ("common/src", "data/src", "worker/src"))
 CLIENT = b"\x00client-1"
 M = TypeVar("M", Ready, WorkerReply, Heartbeat, Disconnect)
 

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ssnet_common.batchmsg import BatchReply, BatchRequest, DatasetInfo, InfoRequest, Preprocess
 from ssnet_common.config import EnvOptions
 from ssnet_common.errors import ConfigError, DataError
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1 import Image2D, LArCV1Entry
-from ssnet_common.preprocess import threshold_clip
+from ssnet_data.batchmsg import BatchReply, BatchRequest, DatasetInfo, InfoRequest, Preprocess
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1 import Image2D, LArCV1Entry
+from ssnet_data.preprocess import threshold_clip
 from ssnet_worker.base import WorkerConfig
 from ssnet_worker.batch import (
     BatchWorker,

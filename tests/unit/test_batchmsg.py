@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import zmq
 
-from ssnet_common.batchmsg import (
+from ssnet_common.errors import ProtocolError
+from ssnet_data.batchmsg import (
     MAX_BATCH,
     TAG_BATCH,
     TAG_GET,
@@ -24,9 +25,8 @@ from ssnet_common.batchmsg import (
     shard_range,
     shard_service,
 )
-from ssnet_common.errors import ProtocolError
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.ndarray import encode_array
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.ndarray import encode_array
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
 

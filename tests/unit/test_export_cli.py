@@ -26,7 +26,7 @@ pytestmark = [
 
 
 def export(*args: str) -> subprocess.CompletedProcess[str]:
-    pythonpath = os.pathsep.join([str(REPO / "common" / "src"), str(REPO / "worker" / "src"),
+    pythonpath = os.pathsep.join([*(str(REPO / p / "src") for p in ("common", "data", "worker")),
                                   os.environ.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "ssnet_worker.export", *args], capture_output=True, text=True,
                           timeout=120, check=False, env={**os.environ, "PYTHONPATH": pythonpath})

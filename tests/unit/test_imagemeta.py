@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ssnet_common.errors import ProtocolError
-from ssnet_common.imagemeta import INVALID_PLANE, ImageMeta, format_double
+from ssnet_data.imagemeta import INVALID_PLANE, ImageMeta, format_double
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
 

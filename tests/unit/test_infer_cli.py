@@ -33,7 +33,7 @@ pytestmark = [
 
 
 def run_infer(*args: str, env: Dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    pythonpath = os.pathsep.join([str(REPO / "common" / "src"), str(REPO / "worker" / "src"),
+    pythonpath = os.pathsep.join([*(str(REPO / p / "src") for p in ("common", "data", "worker")),
                                   os.environ.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "ssnet_worker.infer", *args],

@@ -27,7 +27,7 @@ def sample(name: str) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("common/src", "client/src"))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / p) for p in ("common/src", "data/src", "client/src"))}
     return subprocess.run(
         [sys.executable, "-m", "ssnet_client.larcv1_cli", *args],
         capture_output=True, text=True, env=env, timeout=120, check=False,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ssnet_common.errors import LArCV1Error
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1 import Image2D, LArCV1Entry, LArCV1Reader, list_image2d_producers
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1 import Image2D, LArCV1Entry, LArCV1Reader, list_image2d_producers
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ssnet_common.errors import LArCV1Error
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1 import Image2D, LArCV1Reader, LArCV1Writer, list_image2d_producers
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1 import Image2D, LArCV1Reader, LArCV1Writer, list_image2d_producers
 
 pytest.importorskip("uproot", reason="reading LArCV1 files needs uproot")
 needs_root = pytest.mark.skipif(

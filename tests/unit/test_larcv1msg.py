@@ -9,8 +9,8 @@ import pytest
 import zmq
 
 from ssnet_common.errors import ProtocolError
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1msg import (
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1msg import (
     MAX_META_TEXT,
     EventId,
     ImageProduct,
@@ -19,7 +19,7 @@ from ssnet_common.larcv1msg import (
     format_meta_text,
     parse_meta_text,
 )
-from ssnet_common.ndarray import encode_array
+from ssnet_data.ndarray import encode_array
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ssnet_common.errors import ProtocolError
-from ssnet_common.ndarray import (
+from ssnet_data.ndarray import (
     DEFAULT_MAX_NBYTES,
     MAGIC,
     MAX_HEADER,

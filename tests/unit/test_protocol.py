@@ -425,7 +425,7 @@ def test_frame_helpers() -> None:
 
 
 def test_sub_service_names_have_one_rule() -> None:
-    from ssnet_common.services import PLANE, SHARD, parse_sub_service, plane_service, sub_service
+    from ssnet_data.services import PLANE, SHARD, parse_sub_service, plane_service, sub_service
 
     assert plane_service("ssnet", 2) == "ssnet_plane2" and sub_service("batch", SHARD, 0) == "batch_shard0"
     assert parse_sub_service("ssnet_plane12", PLANE) == ("ssnet", 12)

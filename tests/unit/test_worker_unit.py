@@ -9,8 +9,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ssnet_common.errors import ConfigError, ErrorCode
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_common.protocol import (
     BodyKind,
     Frame,
@@ -19,6 +17,8 @@ from ssnet_common.protocol import (
     request_body,
     result_body,
 )
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.base import Backoff, Liveness, Worker, WorkerConfig
 from ssnet_worker.cli import KINDS, build_parser, config_from_args, main
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker

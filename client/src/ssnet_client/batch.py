@@ -11,7 +11,7 @@ indexes, their run/subrun/event ids (exact uint64) and metas, and how long the l
             loss = step(batch.torch()["wire"].to("cuda", non_blocking=True))
         print(feed.stats.text())
 
-Schedule.  The client decides every batch (see :mod:`ssnet_common.batchmsg` for why): epoch ``e`` visits the
+Schedule.  The client decides every batch (see :mod:`ssnet_data.batchmsg` for why): epoch ``e`` visits the
 dataset's entries once each, in order (``shuffle=False``) or in the seeded permutation :func:`epoch_order`
 ``(entries, e, seed)``, cut into batches of ``batch_size`` (the last one shorter unless ``drop_last``).  The
 permutation is a sort by SplitMix64 hashes: the same on every machine and NumPy version, so a seed reproduces
@@ -42,15 +42,6 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
-from ssnet_common.batchmsg import (
-    BatchReply,
-    BatchRequest,
-    DatasetInfo,
-    InfoRequest,
-    Preprocess,
-    shard_of,
-    shard_service,
-)
 from ssnet_common.errors import (
     ConfigError,
     NoSuchService,
@@ -60,7 +51,16 @@ from ssnet_common.errors import (
     ServiceUnavailable,
     WorkerLost,
 )
-from ssnet_common.imagemeta import ImageMeta
+from ssnet_data.batchmsg import (
+    BatchReply,
+    BatchRequest,
+    DatasetInfo,
+    InfoRequest,
+    Preprocess,
+    shard_of,
+    shard_service,
+)
+from ssnet_data.imagemeta import ImageMeta
 
 if TYPE_CHECKING:
     import zmq
@@ -226,7 +226,7 @@ class BatchClient:
     ``batch_size``, ``shuffle``, ``seed``, ``drop_last``: the schedule (:func:`epoch_batches`).
     ``epochs``: how many epochs iterating yields (None: without end), from ``start_epoch``.
     ``prefetch``: batches kept requested while the caller works on one.
-    ``preprocess``: what the workers do to each batch (:class:`~ssnet_common.batchmsg.Preprocess`).
+    ``preprocess``: what the workers do to each batch (:class:`~ssnet_data.batchmsg.Preprocess`).
     ``compression``: ``"zlib"`` to compress the image arrays on the wire (slow networks only).
     ``shards``: None to find out (a service ``service``, else ``service_shard0`` ... whose info gives the
     count), 1 for unsharded workers, S for workers registered as ``service_shard0`` .. ``service_shard<S-1>``.

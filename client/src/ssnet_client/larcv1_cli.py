@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ssnet_common.errors import LArCV1Error
-from ssnet_common.larcv1 import Image2D, LArCV1Reader, branch_name, list_image2d_producers, tree_name
+from ssnet_data.larcv1 import Image2D, LArCV1Reader, branch_name, list_image2d_producers, tree_name
 
 PROG = "ssnet-larcv1"
 EXIT_ERROR = 2

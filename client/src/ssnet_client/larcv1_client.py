@@ -1,7 +1,7 @@
 """``SimpleLArCV1Client``: Image2D products from LArCV1 files through a service, replies into a LArCV1 file.
 
 For each batch of events (one event by default) it sends, per image, the triplet
-``[producer, meta dump + ":(run,subrun,event)", array]`` (see :mod:`ssnet_common.larcv1msg`), keeps up to
+``[producer, meta dump + ":(run,subrun,event)", array]`` (see :mod:`ssnet_data.larcv1msg`), keeps up to
 ``window`` requests in flight, and writes every triplet of the reply as an Image2D with that meta under producer
 ``name``, in the output entry of the same run/subrun/event.  Output entries are in input order, each input
 event exactly once: results come back in submission order whatever order workers answer in, and a request
@@ -31,7 +31,8 @@ import numpy as np
 
 from ssnet_client.base import Client, ClientConfig
 from ssnet_common.errors import ConfigError, DataError, LArCV1Error, ProtocolError
-from ssnet_common.larcv1 import (
+from ssnet_common.protocol import CLIENT_CONNECT, frames_nbytes
+from ssnet_data.larcv1 import (
     Image2D,
     LArCV1Entry,
     LArCV1Reader,
@@ -39,9 +40,8 @@ from ssnet_common.larcv1 import (
     list_image2d_producers,
     load_writer_backend,
 )
-from ssnet_common.larcv1msg import EventId, ImageProduct, decode_images, encode_images
-from ssnet_common.protocol import CLIENT_CONNECT, frames_nbytes
-from ssnet_common.services import plane_service
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_data.services import plane_service
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -27,7 +27,7 @@ from ssnet_client.cli import ProgressReport, run_job
 from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, SSNetError
-from ssnet_common.services import plane_service
+from ssnet_data.services import plane_service
 
 log = logging.getLogger(__name__)
 

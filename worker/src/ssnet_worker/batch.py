@@ -1,16 +1,16 @@
 """The data worker of the training network (``ssnet-worker --kind batch``) and its preprocessing.
 
 A :class:`BatchWorker` opens one or more LArCV1 files (or a file list) for a fixed set of Image2D producers
-and answers :class:`~ssnet_common.batchmsg.BatchRequest` messages with one batch each: the named entries as
+and answers :class:`~ssnet_data.batchmsg.BatchRequest` messages with one batch each: the named entries as
 arrays ``(batch, planes, rows, cols)`` per producer, their run/subrun/event ids and metas, after the request's
-:class:`~ssnet_common.batchmsg.Preprocess` steps.  It also answers :class:`~ssnet_common.batchmsg.InfoRequest`
+:class:`~ssnet_data.batchmsg.Preprocess` steps.  It also answers :class:`~ssnet_data.batchmsg.InfoRequest`
 with the dataset's size, producers, fingerprint and the worker's shard.
 
-Design (the full rationale is in :mod:`ssnet_common.batchmsg`).  The worker is stateless: the client names
+Design (the full rationale is in :mod:`ssnet_data.batchmsg`).  The worker is stateless: the client names
 every entry of every batch from a seeded schedule, so the broker may give a request to any worker of the
 service, and a dead worker's request served again elsewhere yields the same batch.  With
 ``shard_index``/``shard_count`` the worker owns the contiguous shard
-:func:`~ssnet_common.batchmsg.shard_range` of the entries instead, registers as ``<service>_shard<k>`` and
+:func:`~ssnet_data.batchmsg.shard_range` of the entries instead, registers as ``<service>_shard<k>`` and
 refuses entries outside it; the client splits each batch by shard.  Sharding keeps each worker's reading and
 cache to its part of the files; several workers may serve the same shard (replicas).
 
@@ -20,7 +20,7 @@ block, and LArCV1 baskets hold neighbouring entries anyway).  A dataset (or shar
 once; a larger one is re-read every epoch.
 
 The preprocessing steps are pure NumPy functions (:func:`select_images`, :func:`activity_window`,
-:func:`crop_meta`, :func:`assemble_batch`, and :func:`ssnet_common.preprocess.threshold_clip`, which the SSNet
+:func:`crop_meta`, :func:`assemble_batch`, and :func:`ssnet_data.preprocess.threshold_clip`, which the SSNet
 worker applies too), usable and tested without any socket.
 """
 
@@ -38,7 +38,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ssnet_common.batchmsg import (
+from ssnet_common.config import EnvOptions, non_negative_float, non_negative_int, positive_int
+from ssnet_common.errors import ConfigError, DataError
+from ssnet_common.protocol import Frame
+from ssnet_data.batchmsg import (
     BatchProduct,
     BatchReply,
     BatchRequest,
@@ -49,12 +52,9 @@ from ssnet_common.batchmsg import (
     shard_range,
     shard_service,
 )
-from ssnet_common.config import EnvOptions, non_negative_float, non_negative_int, positive_int
-from ssnet_common.errors import ConfigError, DataError
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.larcv1 import Image2D, LArCV1Entry, LArCV1Reader
-from ssnet_common.preprocess import threshold_clip
-from ssnet_common.protocol import Frame
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.larcv1 import Image2D, LArCV1Entry, LArCV1Reader
+from ssnet_data.preprocess import threshold_clip
 from ssnet_worker.base import Worker, WorkerConfig
 
 if TYPE_CHECKING:

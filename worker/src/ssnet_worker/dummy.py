@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ssnet_common.larcv1msg import ImageProduct, decode_images, encode_images
 from ssnet_common.protocol import Frame, frame_bytes, frame_len
+from ssnet_data.larcv1msg import ImageProduct, decode_images, encode_images
 from ssnet_worker.base import Worker
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ import numpy as np
 from prometheus_client import Gauge, Histogram
 
 from ssnet_common.errors import ConfigError
-from ssnet_common.larcv1msg import ImageProduct, decode_images, encode_images
 from ssnet_common.metrics import LATENCY_BUCKETS
-from ssnet_common.preprocess import threshold_clip
-from ssnet_common.services import PLANE, parse_sub_service
+from ssnet_data.larcv1msg import ImageProduct, decode_images, encode_images
+from ssnet_data.preprocess import threshold_clip
+from ssnet_data.services import PLANE, parse_sub_service
 from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.engines import make_engine, parse_device
 

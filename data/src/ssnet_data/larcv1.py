@@ -30,7 +30,7 @@ import numpy as np
 
 from ssnet_common.errors import LArCV1Error
 from ssnet_common.files import put_in_place
-from ssnet_common.imagemeta import ImageMeta
+from ssnet_data.imagemeta import ImageMeta
 
 if TYPE_CHECKING:
     from types import TracebackType

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from ssnet_common.errors import ProtocolError
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.ndarray import DEFAULT_MAX_NBYTES, decode_array, encode_array
 from ssnet_common.protocol import Frame, frame_bytes, frame_len
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.ndarray import DEFAULT_MAX_NBYTES, decode_array, encode_array
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray

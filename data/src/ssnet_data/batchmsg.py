@@ -24,7 +24,7 @@ request is served by any survivor at once.  Within an epoch the training loop se
 either way (a worker that dies after reading an entry has not delivered it).
 
 Frames.  Every message starts with a tag frame; JSON frames are compact, strictly validated (exact keys,
-types, ranges) and size-limited; arrays go through :mod:`ssnet_common.ndarray`; ids are exact ``uint64``
+types, ranges) and size-limited; arrays go through :mod:`ssnet_data.ndarray`; ids are exact ``uint64``
 arrays; metas are :meth:`ImageMeta.dump` texts.  Nothing is pickled.  Every ``decode`` raises
 :class:`ProtocolError` on anything that is not a valid message::
 
@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from ssnet_common.errors import ProtocolError
-from ssnet_common.imagemeta import ImageMeta
-from ssnet_common.ndarray import COMPRESSIONS, DEFAULT_MAX_NBYTES, decode_array, encode_array
 from ssnet_common.protocol import Frame, frame_bytes, frame_len
-from ssnet_common.services import SHARD, sub_service
+from ssnet_data.imagemeta import ImageMeta
+from ssnet_data.ndarray import COMPRESSIONS, DEFAULT_MAX_NBYTES, decode_array, encode_array
+from ssnet_data.services import SHARD, sub_service
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
