@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from ssnet_client.base import ClientConfig
 from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
@@ -72,7 +72,7 @@ class _Extend(argparse.Action):
 
 
 class ProgressReport:
-    """A one-line bar with events/s and ETA on a terminal; a log line every few seconds otherwise."""
+    """A job's progress: tqdm's bar (smoothed rate, ETA) on a terminal; a log line every few seconds otherwise."""
 
     def __init__(self, mode: str, stream: TextIO) -> None:
         if mode == "auto":
@@ -80,29 +80,23 @@ class ProgressReport:
         self.mode = mode
         self.stream = stream
         self.next_log = 0.0
+        self._bar: Optional[Any] = None
 
     def __call__(self, done: int, total: int, seconds: float) -> None:
-        rate = done / seconds if seconds > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("inf")
         if self.mode == "bar":
-            width = 30
-            filled = int(width * done / total) if total else width
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} events "
-                              f"{rate:6.2f} ev/s ETA {_duration(eta)} ")
-            if done == total:
-                self.stream.write("\n")
-            self.stream.flush()
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, unit="event", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+            self._bar.update(done - self._bar.n)
+            if done >= total:
+                self._bar.close()
         elif self.mode == "log" and (time.monotonic() >= self.next_log or done == total):
             self.next_log = time.monotonic() + PROGRESS_LOG_PERIOD
-            log.info("%d/%d events, %.2f events/s, ETA %s", done, total, rate, _duration(eta))
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "--:--"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+            rate = done / seconds if seconds > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else None
+            log.info("%d/%d events, %.2f events/s, ETA %s", done, total, rate,
+                     "--:--" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)))
 
 
 def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
