@@ -21,7 +21,6 @@ import argparse
 import functools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from ssnet_client import base as client_base
 from ssnet_client import larcv1_client
 from ssnet_client.base import Client, ClientConfig
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_client.local import stop
 from ssnet_data import larcv1
 from ssnet_data.larcv1 import LArCV1Reader, load_writer_backend
 
@@ -67,14 +67,7 @@ def services(workers: int) -> Iterator[str]:
         yield frontend
     finally:
         for group in (procs, [broker]):  # workers first, so that they say goodbye to a live broker
-            for proc in group:
-                proc.send_signal(signal.SIGTERM)
-            for proc in group:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(group)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ssnet_client.base import Client, ClientConfig
 from ssnet_client.cli import ProgressReport, run_job
@@ -114,14 +114,16 @@ def services(
         shutil.rmtree(root, ignore_errors=True)
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM, then wait; kill what does not stop in time."""
+def stop(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15.0) -> None:
+    """SIGTERM, then wait; kill what does not stop in ``timeout`` seconds.  The one way the local stack (here,
+    the tests and the benchmarks) stops its processes: stop workers and clients first, then the broker, so that
+    they can say goodbye to it."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
-            proc.wait(15)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             log.warning("process %d did not stop in time: killing it", proc.pid)
             proc.kill()
