@@ -10,24 +10,23 @@ Exit status: 0 after a clean stop (SIGTERM/SIGINT), 2 for a configuration error,
 
 Adding a worker kind
 --------------------
-``KINDS`` maps each ``--kind`` name to a :class:`WorkerKind`.  A new kind (the SSNet network, say) adds one
+``KINDS`` maps each ``--kind`` name to a :class:`WorkerKind`: a description for ``--help``, a factory and,
+optionally, a function adding the kind's own options.  A new kind (a hypothetical ``mask`` kind here) adds one
 entry::
 
-    def _ssnet_options(options: EnvOptions) -> None:
-        options.add("--ssnet-weights", default=None, help="network weights file")
-        options.add("--ssnet-device", default="cpu", help="torch device")
+    def _mask_options(options: EnvOptions) -> None:
+        options.add("--mask-value", default=0.0, type=float, help="mask kind: value written over masked pixels")
 
-    def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
-        from ssnet_worker.ssnet import SSNetWorker   # import heavy dependencies here, not at module level
+    def _make_mask(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
+        from ssnet_worker.mask import MaskWorker   # import heavy dependencies here, not at module level
 
-        if args.ssnet_weights is None:
-            raise ConfigError("--kind ssnet needs --ssnet-weights (or SSNET_WORKER_SSNET_WEIGHTS)")
-        return SSNetWorker(config, weights=args.ssnet_weights, device=args.ssnet_device, registry=registry)
+        return MaskWorker(config, value=args.mask_value, registry=registry)
 
-    KINDS["ssnet"] = WorkerKind("SSNet on LArCV1 images", _make_ssnet, _ssnet_options)
+    KINDS["mask"] = WorkerKind("masks dead wires", _make_mask, _mask_options)
 
-``add_options`` adds the kind's own options to the one parser (so ``--help`` shows them; name them after the
-kind to avoid clashes); they are parsed whatever the kind, and only the factory of the chosen kind reads
+The kind's options go to the one parser (so ``--help`` shows them); name them after the kind so they cannot clash
+(the ``ssnet`` kind's older options, ``--threshold``, ``--planes``..., predate that rule and keep their names for
+the job scripts that use them).  They are parsed whatever the kind, and only the factory of the chosen kind reads
 them.  A factory raises :class:`ConfigError` for bad option values (exit status 2).  Load models in the
 worker's :meth:`~ssnet_worker.base.Worker.setup`, which runs before the worker registers with the broker.
 """
