@@ -79,3 +79,11 @@ def test_help_runs_as_a_command(module: str) -> None:
                             check=False)
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def test_worker_help_groups_each_kinds_options_under_its_heading() -> None:
+    text = worker_parser().format_help()
+    listed = text.index("--kind dummy:")  # the usage lines come first: look in the listing after them
+    for kind, option in (("dummy", "--dummy-delay"), ("ssnet", "--max-batch"), ("batch", "--batch-shard-count")):
+        assert text.index(f"--kind {kind}:") < text.index(f"\n  {option}", listed), (kind, option)
+    assert text.index("--kind ssnet:") < text.index("\n  --threshold", listed) < text.index("--kind batch:")

@@ -27,11 +27,18 @@ class EnvOptions:
     """
 
     def __init__(
-        self, parser: argparse.ArgumentParser, prefix: str, environ: Optional[Mapping[str, str]] = None
+        self, parser: argparse.ArgumentParser, prefix: str, environ: Optional[Mapping[str, str]] = None,
+        container: Optional[argparse._ActionsContainer] = None,
     ) -> None:
         self.parser = parser
         self.prefix = prefix
         self.environ = os.environ if environ is None else environ
+        self._container = parser if container is None else container
+
+    def group(self, title: str, description: Optional[str] = None) -> EnvOptions:
+        """Options listed under their own heading in ``--help`` (same prefix, same parser)."""
+        return EnvOptions(self.parser, self.prefix, self.environ,
+                          self.parser.add_argument_group(title, description))
 
     def add(
         self,
@@ -51,7 +58,7 @@ class EnvOptions:
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 self.parser.error(f"environment variable {name}={raw!r}: {exc}")
         shown = "unset" if default is None else str(default).replace("%", "%%")  # argparse formats help with %
-        self.parser.add_argument(
+        self._container.add_argument(
             flag, *aliases, default=default, type=type, help=f"{help} [env {name}; default: {shown}]", **kwargs
         )
 
@@ -63,7 +70,7 @@ class EnvOptions:
                 default = parse_bool(self.environ[name])
             except ValueError as exc:
                 self.parser.error(f"environment variable {name}: {exc}")
-        self.parser.add_argument(
+        self._container.add_argument(
             flag, default=default, action=_FlagAction, help=f"{help} [env {name}; default: {default}]"
         )
 

@@ -225,9 +225,9 @@ def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentP
         help="longest wait before reconnecting (s); waits double from --reconnect-min",
     )
     add_common_options(options)
-    for kind in KINDS.values():
+    for name, kind in KINDS.items():
         if kind.add_options is not None:
-            kind.add_options(options)
+            kind.add_options(options.group(f"--kind {name}", kind.description))
     return parser
 
 
