@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the ssnet-server images:  docker/build.sh [IMAGE ...] [-- docker build flags]
 #   (default: broker client worker)
-#   broker      ssnet-broker:latest      Debian bookworm-slim, Debian's Python 3.11, pyzmq and prometheus-client
+#   broker      ssnet-broker:latest      Debian bookworm-slim, Debian's Python 3.11, pyzmq and prometheus-client, ConfigArgParse
 #   client      ssnet-client:latest      bookworm-slim, ROOT 6.40's Python package + uproot (LArCV1 I/O)
 #   worker      ssnet-worker:cpu         Debian bullseye-slim (Python 3.9), genuine python3-caffe + OpenBLAS,
 #                                        OpenCV 4.5 DNN, ONNX Runtime 1.19 + onnx 1.14
@@ -51,7 +51,7 @@ packages_of() {
 }
 # image NAME -> "PYTHON-VERSION GLIBC-MINOR" of its base image, for the wheels of its requirements.txt
 python_of() {
-  case $1 in client|worker-gpu) echo "3.11 36" ;; worker) echo "3.9 31" ;; esac  # bookworm; bullseye
+  case $1 in broker|client|worker-gpu) echo "3.11 36" ;; worker) echo "3.9 31" ;; esac  # bookworm; bullseye
 }
 for image in "${images[@]}"; do tag_of "$image" >/dev/null; done
 

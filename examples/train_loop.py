@@ -7,7 +7,7 @@ this machine; ``--broker`` uses a running system instead::
 
     .venv/bin/python examples/train_loop.py                                # 3 local workers, the sample file
     .venv/bin/python examples/train_loop.py --workers 1 --step 0.01        # a feed that cannot keep up
-    .venv/bin/python examples/train_loop.py --crop 256,256 --planes 2 --threshold 10 --clip 500
+    .venv/bin/python examples/train_loop.py --crop 256 256 --planes 2 --threshold 10 --clip 500
     .venv/bin/python examples/train_loop.py --broker tcp://broker:5559 --service batch --epochs 10
 """
 
@@ -29,15 +29,6 @@ SHARED_SAMPLE = REPO.parent / "shared" / "data" / "larcv1" / "ssnet_sample_512.r
 DEMO = REPO / "data" / "demo" / "ssnet_demo.root"
 
 
-def pair(text: str) -> tuple[int, int]:
-    rows, _, cols = text.partition(",")
-    return int(rows), int(cols or rows)
-
-
-def numbers(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(",") if p.strip())
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", default=None, help="broker frontend of a running system (default: start one)")
@@ -45,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", nargs="+", default=None,
                         help="LArCV1 file(s) for the local workers (default: the shared 512 sample, else the demo)")
     parser.add_argument("--service", default="batch", help="data service name")
-    parser.add_argument("--producers", default="wire", help="Image2D producers, comma-separated")
+    parser.add_argument("--producers", nargs="+", default=["wire"], help="Image2D producers")
     parser.add_argument("--batch-size", type=int, default=4, help="entries per batch")
     parser.add_argument("--epochs", type=int, default=None, help="epochs to run (default: as many as --steps needs)")
     parser.add_argument("--steps", type=int, default=100, help="training steps to run (without --epochs)")
@@ -53,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefetch", type=int, default=4, help="batches requested ahead of the loop")
     parser.add_argument("--seed", type=int, default=0, help="schedule seed")
     parser.add_argument("--no-shuffle", action="store_true", help="visit entries in file order")
-    parser.add_argument("--planes", type=numbers, default=None, help="keep these planes, e.g. 2 or 0,1,2")
-    parser.add_argument("--crop", type=pair, default=None, help="crop ROWS,COLS around the activity")
+    parser.add_argument("--planes", type=int, nargs="+", default=None, help="keep these planes, e.g. 2 or 0 1 2")
+    parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("ROWS", "COLS"),
+                        help="crop ROWS COLS around the activity")
     parser.add_argument("--threshold", type=float, default=None, help="ADC threshold of the input producer")
     parser.add_argument("--clip", type=float, default=None, help="ADC clip of the input producer")
     parser.add_argument("--torch", action="store_true", help="hand the step torch tensors (needs torch)")
@@ -62,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train(args: argparse.Namespace, frontend: str) -> None:
-    preprocess = Preprocess(planes=args.planes, crop=args.crop, threshold=args.threshold, clip=args.clip)
-    producers = [p.strip() for p in args.producers.split(",") if p.strip()]
+    preprocess = Preprocess(planes=None if args.planes is None else tuple(args.planes),
+                            crop=None if args.crop is None else (args.crop[0], args.crop[1]),
+                            threshold=args.threshold, clip=args.clip)
+    producers = args.producers
     feed = BatchClient(frontend, service=args.service, producers=producers, batch_size=args.batch_size,
                        shuffle=not args.no_shuffle, seed=args.seed, epochs=args.epochs, prefetch=args.prefetch,
                        preprocess=preprocess)
@@ -97,7 +91,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     inputs = args.input or [str(SHARED_SAMPLE if SHARED_SAMPLE.is_file() else DEMO)]
     worker = ["--kind", "batch", "--service", args.service, "--batch-input", *inputs,
-              "--batch-producers", args.producers]
+              "--batch-producers", *args.producers]
     with services([worker] * args.workers, heartbeat=1.0, log_level="WARNING") as (frontend, procs):
         wait_for_workers(frontend, args.service, procs)
         train(args, frontend)

@@ -63,7 +63,7 @@ ssnet_binds() {
   local kind=$1 item
   {
     echo "$SSNET_SLURM_RUN_DIR"
-    [ "$kind" != worker ] || [ -z "${SSNET_WORKER_MODEL_DIR:-}" ] || echo "$SSNET_WORKER_MODEL_DIR:$SSNET_WORKER_MODEL_DIR:ro"
+    [ "$kind" != worker ] || [ -z "${SSNET_WORKER_SSNET_MODEL_DIR:-}" ] || echo "$SSNET_WORKER_SSNET_MODEL_DIR:$SSNET_WORKER_SSNET_MODEL_DIR:ro"
     [ "$kind" != client ] || printf '%s\n' ${ssnet_client_binds[@]+"${ssnet_client_binds[@]}"}
     IFS=, read -r -a item <<< "$SSNET_SLURM_BIND"
     printf '%s\n' ${item[@]+"${item[@]}"}

@@ -205,7 +205,7 @@ def test_sharded_workers_with_a_restarted_shard_serve_the_same_batches(
 ) -> None:
     metrics = free_port()
     stack.broker(metrics_port=metrics)
-    common = ["--batch-input", two_producers, "--batch-producers", "wire,segment", "--batch-shard-count", "2",
+    common = ["--batch-input", two_producers, "--batch-producers", "wire", "segment", "--batch-shard-count", "2",
               "--batch-delay", "0.5"]
     shards = [stack.worker("batch", *common, "--batch-shard-index", str(k)) for k in range(2)]
     preprocess = Preprocess(planes=(2, 1), crop=(64, 96), threshold=10, clip=500)
@@ -228,7 +228,7 @@ def test_sharded_workers_with_a_restarted_shard_serve_the_same_batches(
         assert batch["wire"].max() <= 500 and not ((batch["wire"] > 0) & (batch["wire"] < 10)).any()
 
     # Unsharded workers over the same files serve the very same batches (the schedule ignores the deployment).
-    stack.worker("batch", "--batch-input", two_producers, "--batch-producers", "wire,segment")
+    stack.worker("batch", "--batch-input", two_producers, "--batch-producers", "wire", "segment")
     with BatchClient(stack.frontend, batch_size=3, seed=7, preprocess=preprocess, shards=1) as whole:
         for got, want in zip(whole, batches):
             np.testing.assert_array_equal(got.entries, want.entries)

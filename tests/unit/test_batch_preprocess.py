@@ -7,12 +7,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pytest
 
-from ssnet_common.config import EnvOptions
+from ssnet_common.config import ArgumentParser, EnvOptions
 from ssnet_common.errors import ConfigError, DataError
 from ssnet_data.batchmsg import BatchReply, BatchRequest, DatasetInfo, InfoRequest, Preprocess
 from ssnet_data.imagemeta import ImageMeta
@@ -310,9 +310,9 @@ def test_sharded_worker_serves_only_its_shard(shared: Path) -> None:
         worker.batch(BatchRequest(0, 0, [4], ("segment",)))
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_options(EnvOptions(parser, "SSNET_WORKER_", environ={}))
+def parse(argv: list[str], environ: Optional[dict[str, str]] = None) -> argparse.Namespace:
+    parser = ArgumentParser(environ=environ or {})
+    add_options(EnvOptions(parser, "SSNET_WORKER_"))
     return parser.parse_args(argv)
 
 
@@ -322,14 +322,14 @@ def test_options_and_file_list(tmp_path: Path) -> None:
     listing.write_text("# training files\n a.root \n\n/abs/b.root  # comment\n")
     assert read_file_list(listing) == [str(tmp_path / "sub" / "a.root"), "/abs/b.root"]
     args = parse(["--batch-input", "x.root", "y.root", "--batch-file-list", str(listing), "--batch-producers",
-                  "wire, segment", "--batch-shard-index", "1", "--batch-shard-count", "2", "--batch-cache-mb", "0"])
+                  "wire", "segment", "--batch-shard-index", "1", "--batch-shard-count", "2", "--batch-cache-mb", "0"])
     worker = from_args(WorkerConfig("batch"), args, registry=None)  # type: ignore[arg-type]
     assert worker.inputs == ("x.root", "y.root", str(tmp_path / "sub" / "a.root"), "/abs/b.root")
     assert worker.producers == ("wire", "segment") and worker.config.service == "batch_shard1"
     assert worker.cache_bytes == 0
-    parser = argparse.ArgumentParser()
-    add_options(EnvOptions(parser, "SSNET_WORKER_", environ={"SSNET_WORKER_BATCH_INPUT": "a.root:b.root"}))
-    assert from_args(WorkerConfig("batch"), parser.parse_args([]), None).inputs == ("a.root", "b.root")  # type: ignore[arg-type]
+    environ = {"SSNET_WORKER_BATCH_INPUT": "a.root 'c d.root'", "SSNET_WORKER_BATCH_PRODUCERS": "wire segment"}
+    from_env = from_args(WorkerConfig("batch"), parse([], environ), None)  # type: ignore[arg-type]
+    assert from_env.inputs == ("a.root", "c d.root") and from_env.producers == ("wire", "segment")
     with pytest.raises(ConfigError, match="--batch-input"):
         from_args(WorkerConfig("batch"), parse([]), None)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="below --batch-shard-count"):

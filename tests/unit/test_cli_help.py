@@ -84,6 +84,26 @@ def test_help_runs_as_a_command(module: str) -> None:
 def test_worker_help_groups_each_kinds_options_under_its_heading() -> None:
     text = worker_parser().format_help()
     listed = text.index("--kind dummy:")  # the usage lines come first: look in the listing after them
-    for kind, option in (("dummy", "--dummy-delay"), ("ssnet", "--max-batch"), ("batch", "--batch-shard-count")):
+    for kind, option in (("dummy", "--dummy-delay"), ("ssnet", "--ssnet-max-batch"),
+                         ("batch", "--batch-shard-count")):
         assert text.index(f"--kind {kind}:") < text.index(f"\n  {option}", listed), (kind, option)
-    assert text.index("--kind ssnet:") < text.index("\n  --threshold", listed) < text.index("--kind batch:")
+    assert text.index("--kind ssnet:") < text.index("\n  --ssnet-threshold THRESHOLD, --threshold", listed) \
+        < text.index("--kind batch:")
+
+
+def test_every_kind_option_carries_its_kinds_prefix() -> None:
+    """Each kind's options are named after it (the ssnet kind's older names stay as aliases)."""
+    parser = worker_parser()
+    for group in parser._action_groups:
+        if group.title and group.title.startswith("--kind "):
+            kind = group.title.split()[1]
+            for action in group._group_actions:
+                assert action.option_strings[0].startswith(f"--{kind}-"), action.option_strings
+                assert action.env_var.startswith(f"SSNET_WORKER_{kind.upper()}_"), action.env_var  # type: ignore[attr-defined]
+
+
+def test_old_ssnet_spellings_still_parse() -> None:
+    args = worker_parser().parse_args(["--threshold", "3", "--planes", "0", "2", "--no-preprocess",
+                                       "--weights", "a.caffemodel", "b.caffemodel"])
+    assert (args.ssnet_threshold, args.ssnet_planes, args.ssnet_preprocess) == (3.0, [0, 2], False)
+    assert args.ssnet_weights == ["a.caffemodel", "b.caffemodel"]

@@ -31,10 +31,10 @@ def test_models_json_names_the_files(model_dir: Path) -> None:
 
 
 def test_weights_option_per_plane_or_one_for_all(model_dir: Path) -> None:
-    models = ModelSet.from_options(str(model_dir), None, "p2.caffemodel,p1.caffemodel,p0.caffemodel")
+    models = ModelSet.from_options(str(model_dir), None, ["p2.caffemodel", "p1.caffemodel", "p0.caffemodel"])
     assert models.prototxt.name == "net.prototxt"  # the only .prototxt in the directory
     assert [models.weights[p].name for p in range(3)] == ["p2.caffemodel", "p1.caffemodel", "p0.caffemodel"]
-    single = ModelSet.from_options(str(model_dir), "net.prototxt", "p0.caffemodel")
+    single = ModelSet.from_options(str(model_dir), "net.prototxt", ["p0.caffemodel"])
     assert {w.name for w in single.weights.values()} == {"p0.caffemodel"} and set(single.weights) == {0, 1, 2}
 
 
@@ -42,13 +42,13 @@ def test_weights_option_per_plane_or_one_for_all(model_dir: Path) -> None:
     ("prototxt", "weights", "config", "message"),
     [
         (None, None, None, "name the weights"),
-        ("missing.prototxt", "p0.caffemodel", None, "network description"),
-        (None, "p0.caffemodel,nope.caffemodel", None, "weights of plane 1"),
+        ("missing.prototxt", ["p0.caffemodel"], None, "network description"),
+        (None, ["p0.caffemodel", "nope.caffemodel"], None, "weights of plane 1"),
         (None, None, "{not json", "models.json"),
         (None, None, '{"weights": {"zero": "p0.caffemodel"}}', "plane numbers"),
     ],
 )
-def test_bad_model_options(model_dir: Path, prototxt: str | None, weights: str | None, config: str | None,
+def test_bad_model_options(model_dir: Path, prototxt: str | None, weights: list[str] | None, config: str | None,
                            message: str) -> None:
     if config is not None:
         (model_dir / "models.json").write_text(config)

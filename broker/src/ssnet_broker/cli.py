@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cfg.ArgumentParser(
         prog="ssnet-broker",
         description="Load-balancing Majordomo (MDP/0.2) broker between ssnet clients and workers. "
                     "It knows nothing about payloads: it queues requests per service, hands each to the "

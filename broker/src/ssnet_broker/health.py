@@ -26,7 +26,7 @@ def local_endpoint(bound: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m ssnet_broker.health",
+    parser = cfg.ArgumentParser(prog="python3 -m ssnet_broker.health",
                                      description="Health check of the broker in its container: an MMI round trip "
                                                  "to its own frontend; exit status 0 healthy, 1 not.")
     options = cfg.EnvOptions(parser, "SSNET_BROKER_")

@@ -14,7 +14,7 @@ from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 from ssnet_common.protocol import CLIENT_CONNECT
-from ssnet_common.rendezvous import add_broker_file_options, broker_from_file
+from ssnet_common.rendezvous import add_broker_options, broker_from_file
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +22,18 @@ PROGRESS_LOG_PERIOD = 10.0  # seconds between progress log lines when not on a t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cfg.ArgumentParser(
         prog="ssnet-client",
         description="Send the Image2D products of LArCV1 files, event by event, to an ssnet service through the "
                     "broker, and write the images the workers return into an output LArCV1 file (entries in input "
                     "order, each input event exactly once). The output appears only if every event succeeded.",
     )
     options = cfg.EnvOptions(parser, "SSNET_CLIENT_")
-    options.add("--broker", default=CLIENT_CONNECT, type=cfg.endpoint, help="broker frontend endpoint")
-    add_broker_file_options(options)
+    add_broker_options(options, CLIENT_CONNECT, "broker frontend endpoint")
     options.add("--service", default="dummy", help="service to send the images to (e.g. dummy, echo, ssnet)")
-    options.add("--input", default=None, type=str.split, nargs="+", action=_Extend,
-                help="input LArCV1 file(s), read as one sequence of entries (environment: space-separated)")
+    options.add("--input", default=None, nargs="+", help="input LArCV1 file(s), read as one sequence of entries")
     options.add("--output", default=None, help="output LArCV1 file (written at the end, atomically)")
-    options.add("--producer", default=["wire"], type=str.split, action=_Extend,
-                help="Image2D producer to send; repeat for several (environment: space-separated)")
+    options.add("--producer", default=["wire"], nargs="+", help="Image2D producer(s) to send")
     options.add("--start", default=0, type=cfg.non_negative_int, help="first entry to process")
     options.add("--end", default=None, type=cfg.non_negative_int, help="entry to stop before (default: the last)")
     options.add("--batch-size", default=1, type=cfg.positive_int,
@@ -56,19 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
                 help="progress display: a bar on a terminal, periodic log lines otherwise (auto)")
     cfg.add_common_options(options)
     return parser
-
-
-class _Extend(argparse.Action):
-    """``--x a b --x c`` → [a, b, c]; an environment default (already a list) is replaced, not extended."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: Optional[str] = None) -> None:
-        groups = values if isinstance(values, list) else [values]
-        items = [v for group in groups for v in (group if isinstance(group, list) else [group])]
-        current = getattr(namespace, self.dest)
-        explicit = getattr(namespace, f"_{self.dest}_explicit", False)
-        setattr(namespace, self.dest, [*(current if explicit else []), *items])
-        setattr(namespace, f"_{self.dest}_explicit", True)
 
 
 class ProgressReport:
@@ -137,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg.configure_logging(args.log_level, "ssnet-client")
 
     def job() -> tuple[str, JobSummary]:
-        found = broker_from_file(args, argv)  # --broker-file: wait for the broker's endpoint file
+        found = broker_from_file(args)  # --broker-file: wait for the broker's endpoint file
         if found is not None:
             args.broker = found.frontend
         config = config_from_args(args)

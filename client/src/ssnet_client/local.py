@@ -47,7 +47,7 @@ def shipped(path: Path) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cfg.ArgumentParser(
         prog="ssnet-local",
         description="Run broker, workers and the LArCV1 client job on this machine (no Docker): process a LArCV1 "
                     "file through N workers and write the output file; exits non-zero if anything failed.",
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_flag("--per-plane", help="ssnet: one request per plane to services ssnet_plane<p>, with "
                                          "--workers workers for each plane")
     options.add("--model-dir", default=None, help="ssnet: model directory (default: the repository's tiny model)")
-    options.add("--weights", default=None, help="ssnet: per-plane weights, as ssnet-worker --weights")
+    options.add("--weights", default=None, nargs="+", help="ssnet: per-plane weights, as ssnet-worker --ssnet-weights")
     options.add("--engine", default="auto", choices=("auto", "onnx", "torch", "caffe", "opencv"),
                 help="ssnet: inference engine (see ssnet-worker --help)")
     options.add("--device", default="cpu", help="ssnet: cpu or cuda:N, for every worker")
@@ -78,10 +78,10 @@ def worker_commands(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
     """The service the client asks for, and one ``ssnet-worker`` argument list per worker to start."""
     kind_args = ["--kind", args.kind]
     if args.kind == "ssnet":
-        kind_args += ["--model-dir", args.model_dir or shipped(TINY_MODEL), "--engine", args.engine,
-                      "--device", args.device]
+        kind_args += ["--ssnet-model-dir", args.model_dir or shipped(TINY_MODEL), "--ssnet-engine", args.engine,
+                      "--ssnet-device", args.device]
         if args.weights:
-            kind_args += ["--weights", args.weights]
+            kind_args += ["--ssnet-weights", *args.weights]
     if not args.per_plane:
         return args.kind, [kind_args] * args.workers
     if args.kind != "ssnet":

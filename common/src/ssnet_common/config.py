@@ -1,8 +1,14 @@
 """Command-line configuration shared by the services.
 
 Every option has a default that an ``SSNET_*`` environment variable may override; ``--help`` names the
-variable and shows the default.  The environment is read only when a parser is built (inside ``main()``),
-never at import time.
+variable and shows the default.  ConfigArgParse merges the environment into the command line (the command line
+wins); :class:`EnvOptions` names each option's variable after one rule, ``<prefix><OPTION_NAME>``.  The
+environment is read when the arguments are parsed (inside ``main()``), never at import time.
+
+Lists: an option that takes several values takes them as words after the flag (``--input a.root b.root``), and
+its variable holds the same words separated by spaces, quoted as in a shell (``SSNET_CLIENT_INPUT='a.root
+"my file.root"'``).  Booleans are ``--flag``/``--no-flag`` and 1/0, true/false, yes/no, on/off in the
+environment.
 """
 
 from __future__ import annotations
@@ -11,80 +17,115 @@ import argparse
 import logging
 import math
 import os
+import shlex
 import sys
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, NoReturn, Optional
+
+import configargparse
 
 from ssnet_common.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-class EnvOptions:
-    """Adds options to an ``argparse`` parser whose defaults come from the environment.
+class ArgumentParser(configargparse.ArgumentParser):
+    """An ``argparse`` parser whose options may also come from environment variables (ConfigArgParse).
 
-    ``EnvOptions(parser, prefix="SSNET_BROKER_").add("--frontend", default="tcp://*:5559", help=...)``
-    reads ``SSNET_BROKER_FRONTEND``.  A malformed variable is reported with its name, like a bad option.
+    ``environ`` replaces ``os.environ`` (tests).  A malformed variable is reported with its name and value.
     """
 
-    def __init__(
-        self, parser: argparse.ArgumentParser, prefix: str, environ: Optional[Mapping[str, str]] = None,
-        container: Optional[argparse._ActionsContainer] = None,
-    ) -> None:
+    def __init__(self, *args: Any, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> None:
+        kwargs.setdefault("add_env_var_help", False)  # EnvOptions writes "[env NAME; default: X]" itself
+        kwargs.setdefault("add_config_file_help", False)
+        super().__init__(*args, **kwargs)
+        self.environ = environ
+
+    def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None, **kwargs: Any
+                         ) -> Any:
+        if self.environ is not None and kwargs.get("env_vars", os.environ) is os.environ:
+            kwargs["env_vars"] = self.environ  # parse_args() passes os.environ itself
+        return super().parse_known_args(args, namespace, **kwargs)
+
+    def convert_item_to_command_line_arg(self, action: Optional[argparse.Action], key: str, value: Any
+                                         ) -> list[str]:
+        if isinstance(action, argparse.BooleanOptionalAction) and isinstance(value, str):
+            try:
+                value = "true" if parse_bool(value) else "false"
+            except ValueError as exc:
+                self.error(f"environment variable {key}={value!r}: {exc}")
+        elif isinstance(value, str) and action is not None and action.nargs in ("+", "*"):
+            try:
+                value = shlex.split(value)  # a list in the environment: words, as on a command line
+            except ValueError as exc:
+                self.error(f"environment variable {key}={value!r}: {exc}")
+        return list(super().convert_item_to_command_line_arg(action, key, value))
+
+    def error(self, message: str) -> NoReturn:
+        """argparse's error, naming the environment variable when the bad value came from one."""
+        from_environment = self.get_source_to_settings_dict().get("environment_variables", {})
+        for name, (action, value) in from_environment.items():
+            if action is not None and message.startswith(f"argument {'/'.join(action.option_strings)}:"):
+                message = f"environment variable {name}={value!r}: {message}"
+                break
+        super().error(message)
+        raise AssertionError("argparse's error() exits")  # for type checkers: ConfigArgParse is untyped
+
+
+class EnvOptions:
+    """Adds options to an :class:`ArgumentParser`, each with an environment variable named after its flag.
+
+    ``EnvOptions(parser, prefix="SSNET_BROKER_").add("--frontend", default="tcp://*:5559", help=...)``:
+    ``SSNET_BROKER_FRONTEND`` sets ``--frontend``; ``--help`` shows the variable and the default.
+    """
+
+    def __init__(self, parser: ArgumentParser, prefix: str,
+                 container: Optional[argparse._ActionsContainer] = None) -> None:
         self.parser = parser
         self.prefix = prefix
-        self.environ = os.environ if environ is None else environ
         self._container = parser if container is None else container
 
     def group(self, title: str, description: Optional[str] = None) -> EnvOptions:
         """Options listed under their own heading in ``--help`` (same prefix, same parser)."""
-        return EnvOptions(self.parser, self.prefix, self.environ,
-                          self.parser.add_argument_group(title, description))
+        return EnvOptions(self.parser, self.prefix, self.parser.add_argument_group(title, description))
 
-    def add(
-        self,
-        flag: str,
-        *aliases: str,
-        default: Any,
-        help: str,
-        type: Callable[[str], Any] = str,
-        env: Optional[str] = None,
-        **kwargs: Any,
-    ) -> None:
-        name = env or self.prefix + flag.lstrip("-").replace("-", "_").upper()
-        if name in self.environ:
-            raw = self.environ[name]
-            try:
-                default = type(raw)
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                self.parser.error(f"environment variable {name}={raw!r}: {exc}")
-        shown = "unset" if default is None else str(default).replace("%", "%%")  # argparse formats help with %
+    def exclusive(self) -> EnvOptions:
+        """Options of which at most one may be given (on the command line or in the environment)."""
+        return EnvOptions(self.parser, self.prefix, self._container.add_mutually_exclusive_group())
+
+    def variable(self, flag: str) -> str:
+        """The environment variable of option ``flag``: the prefix and the flag's name in capitals."""
+        return self.prefix + flag.lstrip("-").replace("-", "_").upper()
+
+    def add(self, flag: str, *aliases: str, default: Any, help: str, env: Optional[str] = None, **kwargs: Any
+            ) -> None:
+        """An option taking a value (``nargs="+"``: several words); ``aliases`` are older spellings."""
+        name = env or self.variable(flag)
+        if isinstance(default, (list, tuple)):
+            shown = " ".join(str(item) for item in default)
+        else:
+            shown = "unset" if default is None else str(default)
+        shown = shown.replace("%", "%%")  # argparse formats help with %
         self._container.add_argument(
-            flag, *aliases, default=default, type=type, help=f"{help} [env {name}; default: {shown}]", **kwargs
+            flag, *aliases, default=default, env_var=name, help=f"{help} [env {name}; default: {shown}]", **kwargs
         )
 
-    def add_flag(self, flag: str, *, default: bool = False, help: str, env: Optional[str] = None) -> None:
+    def add_flag(self, flag: str, *aliases: str, default: bool = False, help: str, env: Optional[str] = None
+                 ) -> None:
         """A boolean ``--flag/--no-flag`` option (environment: 1/0, true/false, yes/no, on/off)."""
-        name = env or self.prefix + flag.lstrip("-").replace("-", "_").upper()
-        if name in self.environ:
-            try:
-                default = parse_bool(self.environ[name])
-            except ValueError as exc:
-                self.parser.error(f"environment variable {name}: {exc}")
+        name = env or self.variable(flag)
         self._container.add_argument(
-            flag, default=default, action=_FlagAction, help=f"{help} [env {name}; default: {default}]"
+            flag, *aliases, default=default, action=_Flag, env_var=name,
+            help=f"{help} [env {name}; default: {default}]",
         )
 
 
-class _FlagAction(argparse.Action):
-    """``--flag`` / ``--no-flag`` (like ``argparse.BooleanOptionalAction``, whose help differs across Pythons)."""
+class _Flag(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, with the help as given (Pythons before 3.13 append the default to it)."""
 
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
-        negated = [f"--no-{flag[2:]}" for flag in option_strings if flag.startswith("--")]
-        super().__init__([*option_strings, *negated], dest, nargs=0, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
-                 option_string: Optional[str] = None) -> None:
-        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+    def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=help, **kwargs)
+        self.help = help
 
 
 def parse_bool(text: str) -> bool:
@@ -167,6 +208,6 @@ def configure_logging(level: str, name: str) -> None:
 
 
 __all__ = [
-    "ConfigError", "EnvOptions", "add_common_options", "configure_logging", "endpoint", "log_level",
+    "ArgumentParser", "ConfigError", "EnvOptions", "add_common_options", "configure_logging", "endpoint", "log_level",
     "non_negative_float", "non_negative_int", "parse_bool", "port_number", "positive_float", "positive_int",
 ]

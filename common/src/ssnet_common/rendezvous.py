@@ -37,13 +37,12 @@ import json
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 from ssnet_common.config import EnvOptions, endpoint, non_negative_float, positive_float
 from ssnet_common.errors import ConfigError, SSNetError
@@ -364,32 +363,31 @@ class EndpointPublisher:
 
 
 # --------------------------------------------------------------------------------------------- CLI helpers
-def add_broker_file_options(options: EnvOptions) -> None:
-    """``--broker-file``, ``--broker-wait`` and ``--broker-not-before``: find the broker through its file."""
-    options.add("--broker-file", default=None,
-                help="find the broker through the endpoint file ssnet-broker --endpoint-file writes (on a shared "
-                     "filesystem): wait for it, check the broker answers, connect to what it names; "
-                     "excludes --broker")
+def add_broker_options(options: EnvOptions, default: str, help: str) -> None:
+    """``--broker`` (``default``), or ``--broker-file`` with ``--broker-wait`` and ``--broker-not-before``: find the
+    broker through its endpoint file.  ``--broker`` and ``--broker-file`` exclude each other (exit status 2)."""
+    one_of = options.exclusive()
+    one_of.add("--broker", default=default, type=endpoint, help=help)
+    one_of.add("--broker-file", default=None,
+               help="find the broker through the endpoint file ssnet-broker --endpoint-file writes (on a shared "
+                    "filesystem): wait for it, check the broker answers, connect to what it names; "
+                    "excludes --broker")
     options.add("--broker-wait", default=600.0, type=positive_float,
                 help="seconds to wait for --broker-file to name a broker that answers")
     options.add("--broker-not-before", default=0.0, type=non_negative_float,
                 help="ignore an endpoint file whose broker started before this Unix time (0: any)")
 
 
-def broker_from_file(args: Any, argv: Optional[Sequence[str]]) -> Optional[BrokerEndpoint]:
-    """The broker named by ``args.broker_file`` (waited for), or None without a broker file.  An explicit
-    ``--broker`` on the command line together with a broker file is a :class:`ConfigError`."""
+def broker_from_file(args: Any) -> Optional[BrokerEndpoint]:
+    """The broker named by ``args.broker_file`` (waited for), or None without a broker file."""
     if not args.broker_file:
         return None
-    given = sys.argv[1:] if argv is None else argv
-    if any(arg == "--broker" or arg.startswith("--broker=") for arg in given):
-        raise ConfigError("--broker and --broker-file exclude each other: give one")
     found: BrokerEndpoint = wait_for_broker(args.broker_file, args.broker_wait, not_before=args.broker_not_before)
     return found
 
 
 __all__ = [
     "FORMAT", "BrokerEndpoint", "BrokerNotFound", "EndpointPublisher", "EndpointWatcher", "RendezvousError",
-    "add_broker_file_options", "advertised", "broker_from_file", "probe_broker", "read_endpoint_file",
+    "add_broker_options", "advertised", "broker_from_file", "probe_broker", "read_endpoint_file",
     "remove_endpoint_file", "wait_for_broker", "write_endpoint_file",
 ]

@@ -439,36 +439,32 @@ class BatchWorker(Worker):
 # ------------------------------------------------------------------------------------------ command line
 def add_options(options: EnvOptions) -> None:
     """The ``--batch-*`` options of ``ssnet-worker`` (for ``--kind batch``)."""
-    options.add("--batch-input", default=None, nargs="+",
-                help="batch kind: LArCV1 file(s), read as one sequence (environment: paths separated by ':')")
+    options.add("--batch-input", default=None, nargs="+", help="LArCV1 file(s), read as one sequence")
     options.add("--batch-file-list", default=None,
-                help="batch kind: a text file naming LArCV1 files, one per line (after --batch-input's)")
-    options.add("--batch-producers", default="wire",
-                help="batch kind: Image2D producers served, comma-separated (e.g. wire,segment)")
+                help="a text file naming LArCV1 files, one per line (after --batch-input's)")
+    options.add("--batch-producers", default=("wire",), nargs="+",
+                help="Image2D producers served (e.g. wire segment)")
     options.add("--batch-shard-index", default=0, type=non_negative_int,
-                help="batch kind: the shard of the entries this worker owns (0 .. shard count - 1)")
+                help="the shard of the entries this worker owns (0 .. shard count - 1)")
     options.add("--batch-shard-count", default=1, type=positive_int,
-                help="batch kind: number of shards; above 1 the service becomes <service>_shard<index>")
+                help="number of shards; above 1 the service becomes <service>_shard<index>")
     options.add("--batch-cache-mb", default=DEFAULT_CACHE_MB, type=non_negative_int,
-                help="batch kind: MB of decoded entries kept in memory (0: no cache)")
+                help="MB of decoded entries kept in memory (0: no cache)")
     options.add("--batch-read-ahead", default=DEFAULT_READ_AHEAD, type=positive_int,
-                help="batch kind: entries read together on a cache miss (aligned blocks)")
-    options.add_flag("--batch-preload", help="batch kind: fill the cache from the shard's start before registering")
+                help="entries read together on a cache miss (aligned blocks)")
+    options.add_flag("--batch-preload", help="fill the cache from the shard's start before registering")
     options.add("--batch-delay", default=0.0, type=non_negative_float,
-                help="batch kind: seconds added to every batch, to simulate slow preprocessing (tests, demos)")
+                help="seconds added to every batch, to simulate slow preprocessing (tests, demos)")
 
 
 def from_args(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> BatchWorker:
     """The worker of ``ssnet-worker --kind batch`` from its parsed options; :class:`ConfigError` if they are bad."""
-    inputs = args.batch_input or []
-    if isinstance(inputs, str):  # from SSNET_WORKER_BATCH_INPUT
-        inputs = [p for p in inputs.split(os.pathsep) if p]
-    inputs = list(inputs)
+    inputs = list(args.batch_input or [])
     if args.batch_file_list:
         inputs += read_file_list(args.batch_file_list)
     if not inputs:
         raise ConfigError("--kind batch needs --batch-input or --batch-file-list (or SSNET_WORKER_BATCH_INPUT)")
-    producers = [p.strip() for p in args.batch_producers.split(",") if p.strip()]
+    producers = list(args.batch_producers)
     if args.batch_shard_index >= args.batch_shard_count:
         raise ConfigError(f"--batch-shard-index {args.batch_shard_index} must be below --batch-shard-count "
                           f"{args.batch_shard_count}")

@@ -15,7 +15,7 @@ optionally, a function adding the kind's own options.  A new kind (a hypothetica
 entry::
 
     def _mask_options(options: EnvOptions) -> None:
-        options.add("--mask-value", default=0.0, type=float, help="mask kind: value written over masked pixels")
+        options.add("--mask-value", default=0.0, type=float, help="value written over masked pixels")
 
     def _make_mask(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
         from ssnet_worker.mask import MaskWorker   # import heavy dependencies here, not at module level
@@ -24,11 +24,12 @@ entry::
 
     KINDS["mask"] = WorkerKind("masks dead wires", _make_mask, _mask_options)
 
-The kind's options go to the one parser (so ``--help`` shows them); name them after the kind so they cannot clash
-(the ``ssnet`` kind's older options, ``--threshold``, ``--planes``..., predate that rule and keep their names for
-the job scripts that use them).  They are parsed whatever the kind, and only the factory of the chosen kind reads
-them.  A factory raises :class:`ConfigError` for bad option values (exit status 2).  Load models in the
-worker's :meth:`~ssnet_worker.base.Worker.setup`, which runs before the worker registers with the broker.
+The kind's options go to the one parser, under the kind's own heading in ``--help``; name them after the kind
+(``--mask-*``, variables ``SSNET_WORKER_MASK_*``) so they cannot clash.  The ``ssnet`` kind's options predate
+that rule: each keeps its older unprefixed spelling (``--threshold``) as an alias.  They are parsed whatever the
+kind, and only the factory of the chosen kind reads them. A factory raises :class:`ConfigError` for bad option
+values (exit status 2). Load models in the worker's :meth:`~ssnet_worker.base.Worker.setup`, which runs before the
+worker registers with the broker.
 """
 
 from __future__ import annotations
@@ -36,22 +37,23 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from prometheus_client import CollectorRegistry
 
 from ssnet_common.config import (
+    ArgumentParser,
     EnvOptions,
     add_common_options,
     configure_logging,
-    endpoint,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, WORKER_CONNECT
-from ssnet_common.rendezvous import EndpointWatcher, add_broker_file_options, broker_from_file
+from ssnet_common.rendezvous import EndpointWatcher, add_broker_options, broker_from_file
 from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 
@@ -71,7 +73,7 @@ class WorkerKind:
 
 def _dummy_options(options: EnvOptions) -> None:
     options.add("--dummy-delay", default=0.0, type=non_negative_float,
-                help="dummy kind: seconds each request takes, to simulate a network (debugging, tests)")
+                help="seconds each request takes, to simulate a network (debugging, tests)")
 
 
 def _gpu_id(text: str) -> Optional[int]:
@@ -95,66 +97,67 @@ def _device(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _planes(text: str) -> Optional[tuple[int, ...]]:
-    if not text.strip():
-        return None
+def _plane(text: str) -> int:
     try:
-        return tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"planes must be comma-separated numbers, e.g. 0,1,2: {text!r}") from None
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"a plane is a number (e.g. --ssnet-planes 0 1 2): {exc}") from None
 
 
 def _ssnet_options(options: EnvOptions) -> None:
-    options.add("--engine", default="auto", choices=("torch", "onnx", "caffe", "opencv", "auto"),
-                help="ssnet kind: inference engine (auto: torch on a CUDA device, else onnx when installed, "
-                     "else genuine pycaffe, else OpenCV DNN)")
-    options.add("--model-dir", default=None,
-                help="ssnet kind: directory with the prototxt and per-plane caffemodels (and models.json)")
-    options.add("--prototxt", default=None, help="ssnet kind: network description, relative to --model-dir")
-    options.add("--weights", default=None,
-                help="ssnet kind: plane0.caffemodel,plane1...,plane2... relative to --model-dir "
-                     "(one file: every plane); default: models.json in --model-dir")
-    options.add("--device", default="cpu", type=_device,
-                help="ssnet kind: cpu or cuda:N (N among CUDA_VISIBLE_DEVICES)")
-    options.add("--gpu", default=None, type=_gpu_id,
-                help="ssnet kind: CUDA device id, the same as --device cuda:N (kept for older job scripts)")
-    options.add("--precision", default="float32", choices=("float32", "float16"),
-                help="ssnet kind: arithmetic of the net (float16: torch engine on a CUDA device only)")
-    options.add("--max-batch", default=8, type=positive_int,
-                help="ssnet kind: most images of one plane and shape per forward pass (torch and onnx engines; "
-                     "caffe and opencv run one at a time)")
-    options.add("--planes", default=None, type=_planes,
-                help="ssnet kind: planes to load, e.g. 0,1,2 (default: the plane of an ssnet_plane<p> service, "
-                     "else every plane with weights)")
-    options.add("--threads", default=None, type=positive_int, help="ssnet kind: CPU threads of the engine")
-    options.add_flag("--preprocess", default=True,
-                     help="ssnet kind: set pixels below --threshold to 0 and clip above --clip before the net")
-    options.add("--threshold", default=10.0, type=float,
-                help="ssnet kind: ADC threshold; scores are zeroed where the input is below it")
-    options.add("--clip", default=500.0, type=float, help="ssnet kind: ADC value pixels are clipped to")
-    options.add("--output-names", default="ssnet_shower,ssnet_track",
-                help="ssnet kind: names of the shower and track score images, comma-separated")
-    options.add("--output-dtype", default="float16", choices=("float16", "float32"),
-                help="ssnet kind: type of the scores sent back")
+    """The ``--ssnet-*`` options; each older unprefixed spelling (``--threshold``) stays as an alias."""
+    def add(name: str, **kwargs: Any) -> None:
+        if "choices" in kwargs:
+            kwargs["help"] = f"{kwargs['help']}; one of {', '.join(kwargs['choices'])}"
+        kwargs.setdefault("metavar", name.upper().replace("-", "_"))
+        options.add(f"--ssnet-{name}", f"--{name}", **kwargs)
+
+    add("engine", default="auto", choices=("torch", "onnx", "caffe", "opencv", "auto"),
+        help="inference engine (auto: torch on a CUDA device, else onnx when installed, else genuine pycaffe, "
+             "else OpenCV DNN)")
+    add("model-dir", default=None, help="directory with the prototxt and per-plane caffemodels (and models.json)")
+    add("prototxt", default=None, help="network description, relative to --ssnet-model-dir")
+    add("weights", default=None, nargs="+",
+        help="caffemodel of plane 0, 1, 2 relative to --ssnet-model-dir (one file: every plane); "
+             "default: models.json in --ssnet-model-dir")
+    add("device", default="cpu", type=_device, help="cpu or cuda:N (N among CUDA_VISIBLE_DEVICES)")
+    add("gpu", default=None, type=_gpu_id,
+        help="CUDA device id, the same as --ssnet-device cuda:N (kept for older job scripts)")
+    add("precision", default="float32", choices=("float32", "float16"),
+        help="arithmetic of the net (float16: torch engine on a CUDA device only)")
+    add("max-batch", default=8, type=positive_int,
+        help="most images of one plane and shape per forward pass (torch and onnx engines; caffe and opencv run "
+             "one at a time)")
+    add("planes", default=None, type=_plane, nargs="+",
+        help="planes to load, e.g. 0 1 2 (default: the plane of an ssnet_plane<p> service, else every plane "
+             "with weights)")
+    add("threads", default=None, type=positive_int, help="CPU threads of the engine")
+    options.add_flag("--ssnet-preprocess", "--preprocess", default=True,
+                     help="set pixels below --ssnet-threshold to 0 and clip above --ssnet-clip before the net")
+    add("threshold", default=10.0, type=float, help="ADC threshold; scores are zeroed where the input is below it")
+    add("clip", default=500.0, type=float, help="ADC value pixels are clipped to")
+    add("output-names", default=("ssnet_shower", "ssnet_track"), nargs=2, metavar=("SHOWER", "TRACK"),
+        help="names of the shower and track score images")
+    add("output-dtype", default="float16", choices=("float16", "float32"), help="type of the scores sent back")
 
 
 def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
     from ssnet_worker.ssnet import ModelSet, Preprocessing, SSNetWorker
 
-    names = tuple(n.strip() for n in args.output_names.split(","))
-    if len(names) != 2 or not all(names):
-        raise ConfigError(f"--output-names needs two names (shower,track), got {args.output_names!r}")
-    device = args.device
-    if args.gpu is not None:
-        if device not in ("cpu", f"cuda:{args.gpu}"):
-            raise ConfigError(f"--gpu {args.gpu} and --device {device} disagree: give one of them")
-        device = f"cuda:{args.gpu}"
+    shower, track = (name.strip() for name in args.ssnet_output_names)
+    if not shower or not track or shower == track:
+        raise ConfigError(f"--ssnet-output-names needs two different names, got {args.ssnet_output_names}")
+    device = args.ssnet_device
+    if args.ssnet_gpu is not None:
+        if device not in ("cpu", f"cuda:{args.ssnet_gpu}"):
+            raise ConfigError(f"--ssnet-gpu {args.ssnet_gpu} and --ssnet-device {device} disagree: give one of them")
+        device = f"cuda:{args.ssnet_gpu}"
     return SSNetWorker(
-        config, ModelSet.from_options(args.model_dir, args.prototxt, args.weights),
-        engine=args.engine, device=device, precision=args.precision, max_batch=args.max_batch,
-        planes=args.planes, threads=args.threads,
-        preprocessing=Preprocessing(args.preprocess, args.threshold, args.clip),
-        output_names=(names[0], names[1]), output_dtype=args.output_dtype, registry=registry,
+        config, ModelSet.from_options(args.ssnet_model_dir, args.ssnet_prototxt, args.ssnet_weights),
+        engine=args.ssnet_engine, device=device, precision=args.ssnet_precision, max_batch=args.ssnet_max_batch,
+        planes=None if args.ssnet_planes is None else tuple(args.ssnet_planes), threads=args.ssnet_threads,
+        preprocessing=Preprocessing(args.ssnet_preprocess, args.ssnet_threshold, args.ssnet_clip),
+        output_names=(shower, track), output_dtype=args.ssnet_output_dtype, registry=registry,
     )
 
 
@@ -202,14 +205,13 @@ def _kind_name(text: str) -> str:
 
 def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentParser:
     """The command-line parser; defaults come from ``environ`` (``os.environ`` if not given)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
+    parser = ArgumentParser(
+        prog=PROG, environ=environ,
         description="Majordomo (MDP/0.2) worker of ssnet-server: registers a service with the broker and "
         "answers its requests.  Kinds: " + "; ".join(f"{name}: {kind.description}" for name, kind in KINDS.items()),
     )
-    options = EnvOptions(parser, "SSNET_WORKER_", environ)
-    options.add("--broker", default=WORKER_CONNECT, type=endpoint, help="broker endpoint for workers")
-    add_broker_file_options(options)
+    options = EnvOptions(parser, "SSNET_WORKER_")
+    add_broker_options(options, WORKER_CONNECT, "broker endpoint for workers")
     options.add("--kind", default="dummy", type=_kind_name, help=f"worker kind ({', '.join(KINDS)})")
     options.add("--service", default=None, help="service name to register (default: the kind's name)")
     options.add(
@@ -253,7 +255,7 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
         return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     configure_logging(args.log_level, PROG)
     try:
-        found = broker_from_file(args, argv)  # --broker-file: wait for the broker's endpoint file
+        found = broker_from_file(args)  # --broker-file: wait for the broker's endpoint file
         if found is not None:
             args.broker = found.backend
         config = config_from_args(args)

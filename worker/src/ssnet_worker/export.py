@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ssnet_common.config import EnvOptions, configure_logging, log_level
+from ssnet_common.config import ArgumentParser, EnvOptions, configure_logging, log_level
 from ssnet_common.errors import ConfigError
 from ssnet_common.files import write_atomically
 from ssnet_worker.engines import DEFAULT_OUTPUT
@@ -29,7 +29,7 @@ PROG = "ssnet-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Write a Caffe net (prototxt + caffemodel) as ONNX.")
+    parser = ArgumentParser(prog=PROG, description="Write a Caffe net (prototxt + caffemodel) as ONNX.")
     options = EnvOptions(parser, prefix="SSNET_EXPORT_")
     options.add("--prototxt", default=None, help="the net's .prototxt (required)")
     options.add("--weights", default=None, help="the net's .caffemodel (required)")

@@ -54,7 +54,7 @@ def check_worker(url: str, max_age: float, timeout: float) -> tuple[bool, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python3 -m ssnet_worker.health",
+    parser = cfg.ArgumentParser(prog="python3 -m ssnet_worker.health",
                                      description="Health check of a worker in its container: it is registered and "
                                                  "hears the broker (its metrics endpoint); exit status 0 healthy, 1 "
                                                  "not.")

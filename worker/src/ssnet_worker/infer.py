@@ -22,6 +22,7 @@ from typing import Any, List, Optional, Sequence, cast
 import numpy as np
 
 from ssnet_common.config import (
+    ArgumentParser,
     EnvOptions,
     configure_logging,
     log_level,
@@ -40,7 +41,7 @@ class InputError(SSNetError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ssnet-infer",
         description="Run a Caffe net (SSNet) on each image of an N x C x H x W .npy file and save the output blob.",
     )

@@ -12,7 +12,8 @@ Models: a prototxt and one caffemodel per plane, named by a ``models.json`` in t
     {"prototxt": "dllee_ssnet2018.prototxt",
      "weights": {"0": "plane0.caffemodel", "1": "plane1.caffemodel", "2": "plane2.caffemodel"}}
 
-or by ``--prototxt`` / ``--weights plane0.caffemodel,plane1.caffemodel,plane2.caffemodel`` (one file: every plane).
+or by ``--ssnet-prototxt`` / ``--ssnet-weights plane0.caffemodel plane1.caffemodel plane2.caffemodel`` (one file:
+every plane).
 
 Batching.  SSNet's BatchNorm layers use the statistics of the current batch, so genuine Caffe's result for an image
 depends on its batch: batch 1 is the reference.  The per-image engines (``torch``, ``onnx``) compute those statistics
@@ -62,8 +63,10 @@ class ModelSet:
     weights: Dict[int, Path]
 
     @classmethod
-    def from_options(cls, model_dir: Optional[str], prototxt: Optional[str], weights: Optional[str]) -> ModelSet:
-        """From ``--model-dir`` (with its ``models.json`` when present), ``--prototxt`` and ``--weights``."""
+    def from_options(cls, model_dir: Optional[str], prototxt: Optional[str], weights: Optional[Sequence[str]]
+                     ) -> ModelSet:
+        """From ``--ssnet-model-dir`` (with its ``models.json`` when present), ``--ssnet-prototxt`` and
+        ``--ssnet-weights`` (one file per plane, or one for every plane)."""
         base = Path(model_dir) if model_dir else Path()
         if model_dir and not base.is_dir():
             raise ConfigError(f"model directory {model_dir!r} does not exist")
@@ -80,11 +83,11 @@ class ModelSet:
         if not proto:
             found = sorted(base.glob("*.prototxt")) if model_dir else []
             if len(found) != 1:
-                raise ConfigError(f"name the network with --prototxt (found {len(found)} .prototxt files in "
+                raise ConfigError(f"name the network with --ssnet-prototxt (found {len(found)} .prototxt files in "
                                   f"{model_dir or 'no model directory'})")
             proto = found[0].name
         if weights:
-            names = [w.strip() for w in weights.split(",") if w.strip()]
+            names = [w.strip() for w in weights if w.strip()]
             table = dict(enumerate(names * 3 if len(names) == 1 else names))  # one file serves every plane
         elif spec:
             try:
@@ -92,8 +95,8 @@ class ModelSet:
             except ValueError:
                 raise ConfigError(f"{config_file}: weights keys must be plane numbers") from None
         else:
-            raise ConfigError("name the weights with --weights plane0.caffemodel,plane1...,plane2... "
-                              f"or a {MODEL_CONFIG} in --model-dir")
+            raise ConfigError("name the weights with --ssnet-weights plane0.caffemodel plane1... plane2... "
+                              f"or a {MODEL_CONFIG} in --ssnet-model-dir")
         resolved = {plane: _existing(base / name, f"weights of plane {plane}") for plane, name in table.items()}
         return cls(_existing(base / proto, "network description"), resolved)
 
@@ -113,7 +116,7 @@ def planes_for_service(service: str, planes: Optional[Sequence[int]], available:
     if per_plane is not None:
         wanted: Tuple[int, ...] = (per_plane[1],)
         if planes and tuple(planes) != wanted:
-            raise ConfigError(f"service {service!r} serves plane {wanted[0]}, but --planes says {list(planes)}")
+            raise ConfigError(f"service {service!r} serves plane {wanted[0]}, but --ssnet-planes says {list(planes)}")
     else:
         wanted = tuple(planes) if planes else tuple(sorted(available))
     missing = [p for p in wanted if p not in available]
