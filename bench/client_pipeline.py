@@ -87,7 +87,7 @@ def time_client(inputs: list[str], output: str, frontend: str, window: int, batc
     summary = SimpleLArCV1Client(config).run()
     seconds = time.perf_counter() - began
     os.unlink(output)
-    return summary.events, seconds
+    return summary.done, seconds
 
 
 # ---------------------------------------------------------------------------------------------- profile

@@ -76,7 +76,7 @@ def train(args: argparse.Namespace, frontend: str) -> None:
         seconds = time.monotonic() - began
         first = feed.stats.first_wait
         print(f"{steps} steps of {args.step * 1e3:.0f} ms, batches of {args.batch_size} "
-              f"({feed.stats.nbytes / max(feed.stats.batches, 1) / 1e6:.1f} MB) from {feed.shards} shard(s), "
+              f"({feed.stats.nbytes / max(feed.stats.done, 1) / 1e6:.1f} MB) from {feed.shards} shard(s), "
               f"{feed.info.entries} entries: {seconds:.2f} s")
         print(f"waited for data {waited:.3f} s = {100 * waited / seconds:.1f} % of the loop "
               f"({100 * (waited - first) / max(seconds - first, 1e-9):.1f} % after the first batch, which took "

@@ -141,7 +141,7 @@ def test_two_workers_serve_every_entry_once_per_epoch_with_the_manifest_pixels(
     with BatchClient(stack.frontend, batch_size=3, seed=11, epochs=2, prefetch=2) as feed:
         batches = list(feed)
         plans = {epoch: np.concatenate(feed.plan(epoch)).tolist() for epoch in (0, 1)}
-        assert feed.stats.batches == 8 and feed.stats.entries == 20 and feed.shards == 1
+        assert feed.stats.done == 8 and feed.stats.entries == 20 and feed.shards == 1
     assert [(b.epoch, b.index, len(b)) for b in batches] == [(e, i, n) for e in (0, 1)
                                                              for i, n in enumerate([3, 3, 3, 1])]
     order = by_epoch(batches)
@@ -191,7 +191,7 @@ def test_worker_killed_mid_epoch_loses_no_entry(
             batches.append(batch)
             if len(batches) == 1:  # both workers are busy now: three requests were out for two workers
                 victim.send_signal(signal.SIGKILL)
-        assert feed.stats.rerequests >= 1
+        assert feed.stats.resubmits >= 1
     assert victim.wait(10) == -signal.SIGKILL
     entries = [i for b in batches for i in b.entries.tolist()]
     assert Counter(entries) == Counter(range(10))

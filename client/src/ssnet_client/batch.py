@@ -24,7 +24,7 @@ across epoch boundaries.  Replies come back in schedule order whatever order the
 Failures.  A data worker that dies mid-request costs nothing but time: the broker gives its request to another
 worker, and the client re-sends a request that times out.  If the broker gives up on it anyway (``worker_lost``,
 or ``queue_timeout`` while a shard has no worker) the client requests that batch part again, up to
-``rerequests`` times (counted in ``stats.rerequests``).  A worker's error reply (bad entries, unreadable file)
+``resubmits`` times (counted in ``stats.resubmits``).  A worker's error reply (bad entries, unreadable file)
 raises :class:`~ssnet_common.errors.WorkerError`.
 """
 
@@ -34,22 +34,18 @@ import importlib
 import logging
 import time
 import warnings
-from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
+from ssnet_client.jobs import FanOut, JobStats
 from ssnet_common.errors import (
     ConfigError,
     NoSuchService,
     ProtocolError,
-    RequestError,
-    RequestTimeout,
-    ServiceUnavailable,
-    WorkerLost,
 )
 from ssnet_data.batchmsg import (
     BatchReply,
@@ -70,7 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MASK = 2**64 - 1
-_RETRYABLE = (WorkerLost, ServiceUnavailable, RequestTimeout)  # ServiceUnavailable includes BrokerBusy
 
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -163,43 +158,6 @@ class Batch:
         return {name: as_torch(array) for name, array in self.arrays.items()}
 
 
-@dataclass
-class FeedStats:
-    """What a :class:`BatchClient` handed out and how long its caller waited for it."""
-
-    batches: int = 0
-    entries: int = 0
-    nbytes: int = 0
-    wait: float = 0.0          # seconds spent waiting in next(), first batch included
-    first_wait: float = 0.0    # seconds waited for the first batch (workers opening files, cold caches)
-    rerequests: int = 0        # batch parts requested again after the broker gave up on them
-    started: Optional[float] = None   # time.monotonic() of the first next()
-    last: Optional[float] = None      # time.monotonic() when the last batch was handed out
-
-    @property
-    def elapsed(self) -> float:
-        return 0.0 if self.started is None or self.last is None else self.last - self.started
-
-    def wait_fraction(self, *, steady: bool = False) -> float:
-        """Waiting time over the time from the first ``next()`` to the last batch handed out; ``steady``
-        leaves the first batch out of both (the start-up).
-        """
-        wait, elapsed = self.wait, self.elapsed
-        if steady:
-            wait, elapsed = wait - self.first_wait, elapsed - self.first_wait
-        return wait / elapsed if elapsed > 0 else 0.0
-
-    def text(self) -> str:
-        seconds = self.elapsed
-        rate = self.batches / seconds if seconds > 0 else 0.0
-        return (
-            f"{self.batches} batches ({self.entries} entries, {self.nbytes / 1e6:.1f} MB) in {seconds:.2f} s "
-            f"({rate:.1f} batches/s, {self.nbytes / 1e6 / seconds if seconds > 0 else 0.0:.1f} MB/s); waited "
-            f"{self.wait:.3f} s = {100 * self.wait_fraction():.1f} % ({100 * self.wait_fraction(steady=True):.1f} % "
-            f"after the first batch, which took {self.first_wait:.3f} s); {self.rerequests} re-requests"
-        )
-
-
 # ------------------------------------------------------------------------------------------------- client
 @dataclass(frozen=True, eq=False)
 class _Part:
@@ -210,13 +168,12 @@ class _Part:
     request: BatchRequest
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class _Planned:
     epoch: int
     index: int
     entries: NDArray[np.uint64]
     parts: list[_Part]
-    replies: list[tuple[_Part, BatchReply, float]] = field(default_factory=list)
 
 
 class BatchClient:
@@ -231,7 +188,8 @@ class BatchClient:
     ``shards``: None to find out (a service ``service``, else ``service_shard0`` ... whose info gives the
     count), 1 for unsharded workers, S for workers registered as ``service_shard0`` .. ``service_shard<S-1>``.
     ``timeout``/``retries``: per request attempt, as :class:`~ssnet_client.base.ClientConfig`;
-    ``rerequests``: how often a batch part is requested again after the broker gave up on it.
+    ``resubmits``: how often a batch part is requested again after the broker gave up on it
+    (:class:`~ssnet_client.jobs.FanOut`).
     ``discover_timeout``: how long to wait for the service's first worker.
     ``client``: a :class:`Client` to use (default: one of our own, closed by :meth:`close`).
 
@@ -257,7 +215,7 @@ class BatchClient:
         shards: Optional[int] = None,
         timeout: float = 60.0,
         retries: int = 2,
-        rerequests: int = 3,
+        resubmits: int = 3,
         discover_timeout: float = 60.0,
         client: Optional[Client] = None,
         registry: Optional[CollectorRegistry] = None,
@@ -268,8 +226,8 @@ class BatchClient:
                               f"{batch_size}, {prefetch}, {start_epoch}, {epochs}")
         if shards is not None and shards < 1:
             raise ConfigError(f"shards must be at least 1 (or None to find out), got {shards}")
-        if rerequests < 0 or not discover_timeout > 0:
-            raise ConfigError("rerequests must be 0 or more and discover_timeout positive")
+        if resubmits < 0 or not discover_timeout > 0:
+            raise ConfigError("resubmits must be 0 or more and discover_timeout positive")
         self.service = service
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -280,10 +238,10 @@ class BatchClient:
         self.prefetch = prefetch
         self.preprocess = preprocess if preprocess is not None else Preprocess()
         self.compression = compression
-        self.rerequests = rerequests
+        self.resubmits = resubmits
         self.discover_timeout = discover_timeout
         self.timeout = timeout
-        self.stats = FeedStats()
+        self.stats = JobStats(unit="batch")
         self._producers = tuple(producers) if producers is not None else None
         self._shards = shards
         self._info: Optional[DatasetInfo] = None
@@ -398,74 +356,34 @@ class BatchClient:
 
     def _batches(self, epochs: Iterator[int]) -> Iterator[Batch]:
         self.info  # noqa: B018 - discover before the clock starts
-        sent: deque[tuple[_Planned, _Part]] = deque()
-
-        def requests() -> Iterator[tuple[str, list[Any]]]:
-            for planned in self._planned(epochs):
-                for part in planned.parts:
-                    sent.append((planned, part))
-                    yield part.service, part.request.encode()
-
-        window = (self.prefetch + 1) * self.shards
-        stream = self.client.imap(requests(), window=window, timeout=self.timeout, return_exceptions=True)
+        fan: FanOut[_Planned] = FanOut(
+            self.client, self.stats, describe=lambda planned: f"batch {planned.epoch}/{planned.index}",
+            resubmits=self.resubmits, window=(self.prefetch + 1) * self.shards, timeout=self.timeout,
+        )
+        units = ((planned, [(part.service, part.request.encode()) for part in planned.parts])
+                 for planned in self._planned(epochs))
+        stream = fan.run(units)
         try:
             while True:
                 began = time.monotonic()
-                if self.stats.started is None:
-                    self.stats.started = began
-                batch = self._next_batch(stream, sent)
-                if batch is None:
+                try:
+                    planned, replies = next(stream)
+                except StopIteration:
                     return
-                now = time.monotonic()
-                wait = now - began
-                stats = self.stats
-                if stats.batches == 0:
-                    stats.first_wait = wait
-                stats.batches += 1
-                stats.entries += len(batch)
-                stats.nbytes += batch.nbytes
-                stats.wait += wait
-                stats.last = now
-                yield Batch(batch.epoch, batch.index, batch.entries, batch.ids, batch.arrays, batch.metas, wait,
-                            batch.rtt)
+                batch = _assemble(planned, [(part, self._decode(planned, part, reply), reply.rtt)
+                                            for part, reply in zip(planned.parts, replies)])
+                yield replace(batch, wait=self.stats.handed(len(batch), batch.nbytes, waited_since=began))
         finally:
             stream.close()
 
-    def _next_batch(self, stream: Iterator[Any], sent: deque[tuple[_Planned, _Part]]) -> Optional[Batch]:
-        while True:
-            try:
-                outcome = next(stream)
-            except StopIteration:
-                return None
-            planned, part = sent.popleft()
-            if isinstance(outcome, RequestError):
-                outcome = self._rerequest(part, outcome)
-            try:
-                reply = BatchReply.decode(outcome.payload)
-            except ProtocolError as exc:
-                raise ProtocolError(f"service {part.service!r}, batch {planned.epoch}/{planned.index}: not a "
-                                    f"batch reply: {exc}") from None
-            self._check(planned, part, reply)
-            planned.replies.append((part, reply, outcome.rtt))
-            if len(planned.replies) == len(planned.parts):
-                return _assemble(planned)
-
-    def _rerequest(self, part: _Part, error: RequestError) -> Reply:
-        """Request ``part`` again after the broker or the client gave up on it (a worker died, no worker)."""
-        for attempt in range(1, self.rerequests + 1):
-            if not isinstance(error, _RETRYABLE):
-                break
-            self.stats.rerequests += 1
-            log.warning("batch %d/%d from %r failed (%s): requesting it again (%d of %d)", part.request.epoch,
-                        part.request.index, part.service, error.code, attempt, self.rerequests)
-            began = time.monotonic()
-            try:
-                payload = self.client.request(part.service, part.request.encode(), timeout=self.timeout)
-            except RequestError as exc:
-                error = exc
-                continue
-            return Reply(part.service, 0, payload, time.monotonic() - began, 1)
-        raise error
+    def _decode(self, planned: _Planned, part: _Part, reply: Reply) -> BatchReply:
+        try:
+            decoded = BatchReply.decode(reply.payload)
+        except ProtocolError as exc:
+            raise ProtocolError(f"service {part.service!r}, batch {planned.epoch}/{planned.index}: not a "
+                                f"batch reply: {exc}") from None
+        self._check(planned, part, decoded)
+        return decoded
 
     def _check(self, planned: _Planned, part: _Part, reply: BatchReply) -> None:
         where = f"service {part.service!r}, batch {planned.epoch}/{planned.index}"
@@ -501,18 +419,18 @@ def _count(start: int) -> Iterator[int]:
         epoch += 1
 
 
-def _assemble(planned: _Planned) -> Batch:
+def _assemble(planned: _Planned, replies: list[tuple[_Part, BatchReply, float]]) -> Batch:
     """One :class:`Batch` from the replies of its parts (no copy when one part holds it all)."""
-    rtt = max(r for _, _, r in planned.replies)
-    if len(planned.replies) == 1:
-        (_, reply, _), = planned.replies
+    rtt = max(r for _, _, r in replies)
+    if len(replies) == 1:
+        (_, reply, _), = replies
         return Batch(planned.epoch, planned.index, reply.entries, reply.ids,
                      {p.name: p.array for p in reply.products}, {p.name: p.metas for p in reply.products}, rtt=rtt)
     size = planned.entries.size
     ids = np.empty((size, 3), dtype=np.uint64)
     arrays: dict[str, NDArray[Any]] = {}
     metas: dict[str, list[Any]] = {}
-    for part, reply, _ in planned.replies:
+    for part, reply, _ in replies:
         ids[part.positions] = reply.ids
         for product in reply.products:
             array = arrays.get(product.name)

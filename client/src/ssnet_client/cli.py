@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional, TextIO
 
 from ssnet_client.base import ClientConfig
-from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_client.jobs import JobStats
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 from ssnet_common.protocol import CLIENT_CONNECT
@@ -98,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
     )
 
 
-def run_job(job: Callable[[], tuple[str, JobSummary]]) -> int:
+def run_job(job: Callable[[], tuple[str, JobStats]]) -> int:
     """Run a LArCV1 job, log its summary or why it failed, and return the exit status: 0 done, 1 failed,
     2 bad options or input, 130 interrupted.  ``job`` returns the output path and the summary."""
     try:
@@ -120,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg.configure_logging(args.log_level, "ssnet-client")
 
-    def job() -> tuple[str, JobSummary]:
+    def job() -> tuple[str, JobStats]:
         found = broker_from_file(args)  # --broker-file: wait for the broker's endpoint file
         if found is not None:
             args.broker = found.frontend

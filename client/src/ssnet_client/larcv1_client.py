@@ -20,7 +20,6 @@ import queue
 import shutil
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -30,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 import numpy as np
 
 from ssnet_client.base import Client, ClientConfig
+from ssnet_client.jobs import FanOut, JobStats
 from ssnet_common.errors import ConfigError, DataError, LArCV1Error, ProtocolError
-from ssnet_common.protocol import CLIENT_CONNECT, frames_nbytes
+from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_data.larcv1 import (
     Image2D,
     LArCV1Entry,
@@ -107,37 +107,10 @@ def producers_from_product_dict(product_dict: Mapping[str, Union[str, Sequence[s
 
 
 @dataclass
-class JobSummary:
-    events: int = 0
-    requests: int = 0
-    seconds: float = 0.0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    round_trips: list[float] = field(default_factory=list)
-    resumed: int = 0
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.round_trips, q)) if self.round_trips else 0.0
-
-    def text(self) -> str:
-        rate = self.events / self.seconds if self.seconds else 0.0
-        return (
-            f"{self.events} events in {self.seconds:.2f} s ({rate:.2f} events/s)"
-            f"{f' after {self.resumed} from checkpoints' if self.resumed else ''}; "
-            f"{self.requests} requests, sent {self.bytes_sent / 1e6:.1f} MB, "
-            f"received {self.bytes_received / 1e6:.1f} MB; "
-            f"round trip p50 {self.percentile(50) * 1e3:.1f} ms, p90 {self.percentile(90) * 1e3:.1f} ms, "
-            f"p99 {self.percentile(99) * 1e3:.1f} ms, max {max(self.round_trips, default=0.0) * 1e3:.1f} ms"
-        )
-
-
-@dataclass
 class _Batch:
-    """Consecutive entries sent together; ``requests`` of them (0 for entries without images)."""
+    """Consecutive entries sent together (in one request, or one per plane; none for entries without images)."""
 
     entries: list[LArCV1Entry]
-    requests: int = 1
-    replies: list[list[ImageProduct]] = field(default_factory=list)
 
 
 Progress = Callable[[int, int, float], None]
@@ -171,9 +144,8 @@ class SimpleLArCV1Client:
         return cls(config)
 
     # -------------------------------------------------------------------------------------------- the job
-    def run(self) -> JobSummary:
-        summary = JobSummary()
-        began = time.monotonic()
+    def run(self) -> JobStats:
+        summary = JobStats(unit="event", started=time.monotonic())
         start = self.config.start
         done_chunks: list[Path] = []
         if self.config.checkpoint:
@@ -185,47 +157,19 @@ class SimpleLArCV1Client:
         entries = _prefetch(self.reader.iter_range(start, self.stop), PREFETCH)
         with closing(entries), Client(self.config.broker, self.config.client, registry=self.registry) as client, \
                 _BackgroundWriter(output) as writer:
-            for batch, replies in self._exchange(client, entries, summary):
-                for entry, products in zip(batch.entries, _per_entry(batch, replies)):
+            fan: FanOut[_Batch] = FanOut(client, summary, describe=lambda batch: f"entries {_span(batch)}")
+            units = ((batch, list(self._requests(batch))) for batch in self._batches(entries))
+            for batch, replies in fan.run(units):
+                decoded = [self._decode(batch, reply) for reply in replies]
+                for entry, products in zip(batch.entries, _per_entry(batch, decoded)):
                     writer.write(entry, products)
-                    summary.events += 1
+                    summary.handed(1)
                     if self.progress is not None:
-                        self.progress(summary.events + summary.resumed, total, time.monotonic() - began)
+                        self.progress(summary.done + summary.resumed, total, summary.elapsed)
         if self.config.checkpoint:
             self._assemble(done_chunks + output.chunk_files)
-        summary.seconds = time.monotonic() - began
+        summary.last = time.monotonic()
         return summary
-
-    def _exchange(self, client: Client, entries: Iterator[LArCV1Entry], summary: JobSummary
-                  ) -> Iterator[tuple[_Batch, list[list[ImageProduct]]]]:
-        """Batches in input order, each with its decoded replies (one per request)."""
-        sent: deque[_Batch] = deque()
-
-        def requests() -> Iterator[tuple[str, list[Any]]]:
-            for batch in self._batches(entries):
-                batch.requests = 0
-                sent.append(batch)
-                for service, payload in self._requests(batch):
-                    batch.requests += 1
-                    summary.requests += 1
-                    summary.bytes_sent += frames_nbytes(payload)
-                    yield service, payload
-
-        def flush_ready() -> Iterator[tuple[_Batch, list[list[ImageProduct]]]]:
-            while sent and len(sent[0].replies) == sent[0].requests:
-                batch = sent.popleft()
-                yield batch, batch.replies
-
-        for reply in client.imap(requests()):
-            yield from flush_ready()  # batches without images sent before this reply's batch
-            batch = sent[0]
-            summary.bytes_received += frames_nbytes(reply.payload)
-            summary.round_trips.append(reply.rtt)
-            batch.replies.append(self._decode(batch, reply))
-            yield from flush_ready()
-        yield from flush_ready()
-        if sent:
-            raise ProtocolError(f"{len(sent)} batches were left without replies")  # cannot happen: imap is exhaustive
 
     # ----------------------------------------------------------------------------------------- requests
     def _batches(self, entries: Iterator[LArCV1Entry]) -> Iterator[_Batch]:
@@ -280,7 +224,7 @@ class SimpleLArCV1Client:
         return products
 
     # -------------------------------------------------------------------------------------- checkpoints
-    def _prepare_chunks(self, start: int, summary: JobSummary) -> tuple[list[Path], int]:
+    def _prepare_chunks(self, start: int, summary: JobStats) -> tuple[list[Path], int]:
         """Chunk files of an earlier run (with ``resume``), checked against the input; the next entry to do."""
         if self.chunks.exists() and not self.config.resume:
             raise ConfigError(f"{self.chunks} holds checkpoints of an earlier run: resume it or remove it")

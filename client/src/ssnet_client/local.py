@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 from ssnet_client.base import Client, ClientConfig
 from ssnet_client.cli import ProgressReport, run_job
-from ssnet_client.larcv1_client import JobSummary, LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_client.jobs import JobStats
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_data.services import plane_service
@@ -154,7 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     source = args.input or shipped(DEMO_FILE)
     output = args.output or str(Path("out") / f"{Path(source).stem}_{args.kind}.root")
 
-    def job() -> tuple[str, JobSummary]:
+    def job() -> tuple[str, JobStats]:
         if not Path(source).is_file():
             raise ConfigError(f"input file {source!r} does not exist")
         Path(output).parent.mkdir(parents=True, exist_ok=True)

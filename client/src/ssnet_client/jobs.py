@@ -1,0 +1,195 @@
+"""What the two job clients share: fan-out, fan-in, resubmission and their statistics.
+
+A *unit* is what a job hands on as one piece: a batch of LArCV1 events (one request, or one per plane with
+``--per-plane``) or a training batch (one request per shard).  :class:`FanOut` sends the requests of unit after
+unit through :meth:`Client.imap <ssnet_client.base.Client.imap>` (``window`` requests in flight) and yields
+each unit with its replies in request order, units in the order they were given, whatever order the workers
+answer in.  A unit without requests (an event without images) is yielded in its turn with no replies.
+
+Resubmission: the broker already gives a dead worker's request to another worker, and the client re-sends a
+request that gets no answer.  When the broker gives up anyway (``worker_lost`` after ``--max-attempts``
+workers, ``queue_timeout`` while a service has no worker) or the client's own retries run out, the request is
+sent again, up to ``resubmits`` times, before its error ends the job.  An error reply from a worker (bad input)
+is never sent again: it would fail again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Optional, TypeVar
+
+import numpy as np
+
+from ssnet_client.base import Client, Reply
+from ssnet_common.errors import RequestError, RequestTimeout, ServiceUnavailable, WorkerLost
+from ssnet_common.protocol import frames_nbytes
+
+log = logging.getLogger(__name__)
+
+U = TypeVar("U")
+Request = tuple[str, Sequence[Any]]  # (service, payload frames)
+
+RESUBMITTABLE: tuple[type[RequestError], ...] = (WorkerLost, ServiceUnavailable, RequestTimeout)
+"""Errors after which a request is worth sending again (``ServiceUnavailable`` includes ``BrokerBusy`` and the
+broker's ``queue_timeout``)."""
+
+
+@dataclass
+class JobStats:
+    """What a job did: the LArCV1 job (``unit="event"``) and the training feed (``unit="batch"``) alike."""
+
+    unit: str = "event"
+    done: int = 0             # units handed on: events written, or batches given to the training loop
+    entries: int = 0          # LArCV1 entries in them
+    nbytes: int = 0           # bytes of the arrays handed on (training feed)
+    resumed: int = 0          # entries found done in checkpoint chunks (LArCV1 job with --resume)
+    requests: int = 0         # requests sent, resubmissions not counted
+    resubmits: int = 0        # requests sent again after the broker or the client gave up on them
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    round_trips: list[float] = field(default_factory=list)  # seconds per request, retries included
+    wait: float = 0.0         # seconds the consumer waited for units (training feed), the first one included
+    first_wait: float = 0.0   # seconds it waited for the first unit (workers opening files, cold caches)
+    started: Optional[float] = None   # time.monotonic() when the job started
+    last: Optional[float] = None      # time.monotonic() when the last unit was handed on
+
+    def handed(self, entries: int, nbytes: int = 0, waited_since: Optional[float] = None) -> float:
+        """Count one unit handed on; ``waited_since``: when the consumer began waiting for it.  Returns the wait."""
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now if waited_since is None else waited_since
+        wait = 0.0 if waited_since is None else now - waited_since
+        if waited_since is not None:
+            if self.done == 0:
+                self.first_wait = wait
+            self.wait += wait
+        self.done += 1
+        self.entries += entries
+        self.nbytes += nbytes
+        self.last = now
+        return wait
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.started is None or self.last is None else self.last - self.started
+
+    def wait_fraction(self, *, steady: bool = False) -> float:
+        """Waiting time over the time from the start to the last unit; ``steady`` leaves the first unit out of
+        both (the start-up)."""
+        wait, elapsed = self.wait, self.elapsed
+        if steady:
+            wait, elapsed = wait - self.first_wait, elapsed - self.first_wait
+        return wait / elapsed if elapsed > 0 else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.round_trips, q)) if self.round_trips else 0.0
+
+    def text(self) -> str:
+        seconds = self.elapsed
+        unit = "entries" if self.unit == "entry" else f"{self.unit}{'es' if self.unit.endswith('h') else 's'}"
+        parts = [f"{self.done} {unit}"]
+        if self.entries != self.done:
+            parts.append(f" ({self.entries} entries)")
+        parts.append(f" in {seconds:.2f} s ({self.done / seconds if seconds > 0 else 0.0:.2f} {unit}/s)")
+        if self.resumed:
+            parts.append(f" after {self.resumed} from checkpoints")
+        parts.append(f"; {self.requests} requests, {self.resubmits} sent again, sent {self.bytes_sent / 1e6:.1f} MB, "
+                     f"received {self.bytes_received / 1e6:.1f} MB")
+        if self.round_trips:
+            parts.append(f"; round trip p50 {self.percentile(50) * 1e3:.1f} ms, p90 {self.percentile(90) * 1e3:.1f} "
+                         f"ms, p99 {self.percentile(99) * 1e3:.1f} ms, max {max(self.round_trips) * 1e3:.1f} ms")
+        if self.first_wait or self.wait:
+            parts.append(f"; waited {self.wait:.3f} s = {100 * self.wait_fraction():.1f} % "
+                         f"({100 * self.wait_fraction(steady=True):.1f} % after the first {self.unit}, which took "
+                         f"{self.first_wait:.3f} s)")
+        return "".join(parts)
+
+
+@dataclass(eq=False)
+class _Pending(Generic[U]):
+    unit: U
+    requests: list[Request]
+    replies: list[Reply] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.replies) == len(self.requests)
+
+
+class FanOut(Generic[U]):
+    """Sends the requests of each unit and yields ``(unit, replies)`` in unit order (see the module's text).
+
+    ``describe(unit)`` names a unit in log lines ("entries 4-7", "batch 0/3").
+    """
+
+    def __init__(self, client: Client, stats: JobStats, *, describe: Callable[[U], str], resubmits: int = 0,
+                 window: Optional[int] = None, timeout: Optional[float] = None) -> None:
+        if resubmits < 0:
+            raise ValueError(f"resubmits must be 0 or more, got {resubmits}")
+        self.client = client
+        self.stats = stats
+        self.describe = describe
+        self.resubmits = resubmits
+        self.window = window
+        self.timeout = timeout
+
+    def run(self, units: Iterable[tuple[U, Sequence[Request]]]) -> Generator[tuple[U, list[Reply]], None, None]:
+        """``units``: each unit with its requests, consumed lazily as the window allows."""
+        sent: deque[_Pending[U]] = deque()  # units whose requests went out, in order, until they are yielded
+
+        def requests() -> Iterator[Request]:
+            for unit, unit_requests in units:
+                pending = _Pending(unit, list(unit_requests))
+                sent.append(pending)
+                for service, payload in pending.requests:
+                    self.stats.requests += 1
+                    self.stats.bytes_sent += frames_nbytes(payload)
+                    yield service, payload
+
+        def ready() -> Iterator[tuple[U, list[Reply]]]:
+            while sent and sent[0].complete:
+                done = sent.popleft()
+                yield done.unit, done.replies
+
+        stream = self.client.imap(requests(), window=self.window, timeout=self.timeout, return_exceptions=True)
+        try:
+            for outcome in stream:
+                yield from ready()  # units without requests, given before this reply's unit
+                pending = sent[0]
+                if isinstance(outcome, RequestError):
+                    service, payload = pending.requests[len(pending.replies)]
+                    reply = self._resubmit(pending.unit, service, payload, outcome)
+                else:
+                    reply = outcome
+                self.stats.bytes_received += frames_nbytes(reply.payload)
+                self.stats.round_trips.append(reply.rtt)
+                pending.replies.append(reply)
+                yield from ready()
+            yield from ready()
+        finally:
+            stream.close()
+
+    def _resubmit(self, unit: U, service: str, payload: Sequence[Any], error: RequestError) -> Reply:
+        """Send a request again after the broker or the client gave up on it; raise its last error if it fails
+        ``resubmits`` more times, or at once for an error that another try would not mend."""
+        for attempt in range(1, self.resubmits + 1):
+            if not isinstance(error, RESUBMITTABLE):
+                break
+            self.stats.resubmits += 1
+            log.warning("%s: request to %r failed (%s): sending it again (%d of %d)", self.describe(unit), service,
+                        error.code, attempt, self.resubmits)
+            began = time.monotonic()
+            try:
+                answer = self.client.request(service, payload, timeout=self.timeout)
+            except RequestError as exc:
+                error = exc
+                continue
+            return Reply(service, 0, answer, time.monotonic() - began, 1)
+        raise error
+
+
+__all__ = ["RESUBMITTABLE", "FanOut", "JobStats", "Request"]
