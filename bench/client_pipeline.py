@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,9 +31,9 @@ from typing import Any
 
 from ssnet_client import base as client_base
 from ssnet_client import larcv1_client
-from ssnet_client.base import Client, ClientConfig
+from ssnet_client.base import ClientConfig
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
-from ssnet_client.local import stop
+from ssnet_client.local import services, wait_for_workers
 from ssnet_data import larcv1
 from ssnet_data.larcv1 import LArCV1Reader, load_writer_backend
 
@@ -48,27 +46,11 @@ STAGES = ("read", "encode", "send", "wait", "receive", "decode", "write", "other
 
 # ---------------------------------------------------------------------------------------------- services
 @contextmanager
-def services(workers: int) -> Iterator[str]:
-    """A broker and ``workers`` dummy workers on private ipc:// endpoints, registered; yields the frontend."""
-    root = Path(tempfile.mkdtemp(prefix="ssnet-bench-"))
-    frontend, backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
-    common = ["--heartbeat-interval", "1.0", "--log-level", "WARNING"]
-    broker = subprocess.Popen([sys.executable, "-m", "ssnet_broker", "--frontend", frontend, "--backend", backend,
-                               *common])
-    procs = [subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, "--kind", "dummy",
-                               *common]) for _ in range(workers)]
-    try:
-        deadline = time.monotonic() + 60
-        with Client(frontend, ClientConfig(timeout=1.0, retries=0)) as client:
-            while not client.has_service("dummy"):  # an MMI round trip to the broker (it queues until it is up)
-                if time.monotonic() > deadline or any(p.poll() is not None for p in [broker, *procs]):
-                    raise RuntimeError("the broker or a worker did not start")
-                time.sleep(0.1)  # pace the round trips
+def dummy_services(workers: int) -> Iterator[str]:
+    """A broker and ``workers`` dummy workers (ssnet_client.local's stack), registered; yields the frontend."""
+    with services([["--kind", "dummy"]] * workers, heartbeat=1.0, log_level="WARNING") as (frontend, procs):
+        wait_for_workers(frontend, "dummy", procs)
         yield frontend
-    finally:
-        for group in (procs, [broker]):  # workers first, so that they say goodbye to a live broker
-            stop(group)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -242,7 +224,7 @@ def main() -> int:
     load_writer_backend()
     results = []
     profiles = []
-    with tempfile.TemporaryDirectory(prefix="ssnet-bench-") as tmp, services(args.workers) as frontend:
+    with tempfile.TemporaryDirectory(prefix="ssnet-bench-") as tmp, dummy_services(args.workers) as frontend:
         output = str(Path(tmp) / "out.root")
         # Warm-up: every worker registered and warm, caches (file pages, ROOT's lazily bound classes) filled.
         time_client([str(SAMPLES / FILES[0])], output, frontend, args.window, args.batch_size)
