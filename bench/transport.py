@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle  # the baseline being measured against; never used by the project itself
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import numpy as np
 import zmq
 
 from ssnet_client import Client, ClientConfig
+from ssnet_client.local import services, stop, wait_for_workers
 from ssnet_data.ndarray import decode_arrays, encode_arrays
 
 EVENT = [np.random.default_rng(seed).random((512, 512), dtype=np.float32) for seed in range(3)]
@@ -116,31 +118,21 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4, help="requests in flight for the throughput runs")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ssnet-bench-"))
-    frontend, backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
     router, rep = f"ipc://{root}/router", f"ipc://{root}/rep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "ssnet_broker", "--frontend", frontend, "--backend", backend,
-                          "--log-level", "WARNING"], env=env),
-        subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, "--kind", "echo",
-                          "--log-level", "WARNING"], env=env),
-        subprocess.Popen([sys.executable, __file__, "--serve", "router", router], env=env),
-        subprocess.Popen([sys.executable, __file__, "--serve", "rep", rep], env=env),
-    ]
+    baselines = [subprocess.Popen([sys.executable, __file__, "--serve", kind, where], env=env)
+                 for kind, where in (("router", router), ("rep", rep))]
     try:
-        with Client(frontend, ClientConfig(timeout=1, retries=30)) as client:
-            while not client.has_service("echo"):
-                time.sleep(0.05)
-        results = {
-            "broker (Client -> broker -> EchoWorker)": through_broker(frontend, args.events, args.window),
-            "direct DEALER <-> ROUTER": direct(router, args.events, args.window),
-            "pickle over REQ/REP": pickled(rep, args.events),
-        }
+        with services([["--kind", "echo"]], heartbeat=2.5, log_level="WARNING") as (frontend, workers):
+            wait_for_workers(frontend, "echo", workers)
+            results = {
+                "broker (Client -> broker -> EchoWorker)": through_broker(frontend, args.events, args.window),
+                "direct DEALER <-> ROUTER": direct(router, args.events, args.window),
+                "pickle over REQ/REP": pickled(rep, args.events),
+            }
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
+        stop(baselines)
+        shutil.rmtree(root, ignore_errors=True)
     print(f"event: 3 x 512x512 float32 = {EVENT_BYTES / 1e6:.1f} MB; {args.events} events per path; "
           f"throughput with {args.window} in flight; {os.cpu_count()} cores")
     print(f"{'path':42s} {'median rtt ms':>14s} {'p90 ms':>8s} {'events/s':>9s} {'MB/s':>8s}")
