@@ -31,6 +31,7 @@ raises :class:`~ssnet_common.errors.WorkerError`.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import time
 import warnings
@@ -347,7 +348,7 @@ class BatchClient:
     def __iter__(self) -> Iterator[Batch]:
         """Every batch of epochs ``start_epoch`` .. ``start_epoch + epochs - 1`` (no end if ``epochs`` is None)."""
         if self.epochs is None:
-            return self._batches(_count(self.start_epoch))
+            return self._batches(itertools.count(self.start_epoch))
         return self._batches(iter(range(self.start_epoch, self.start_epoch + self.epochs)))
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
@@ -410,13 +411,6 @@ class BatchClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _count(start: int) -> Iterator[int]:
-    epoch = start
-    while True:
-        yield epoch
-        epoch += 1
 
 
 def _assemble(planned: _Planned, replies: list[tuple[_Part, BatchReply, float]]) -> Batch:
