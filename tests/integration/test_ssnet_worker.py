@@ -19,6 +19,7 @@ from ssnet_data.larcv1 import LArCV1Reader
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.engines import engine_available, make_engine
 from ssnet_worker.ssnet import Preprocessing
+from ssnet_worker.tiling import Stitcher, tile_grid
 
 from .conftest import REPO, Stack, free_port, scrape
 
@@ -126,6 +127,38 @@ def test_per_plane_requests_give_the_same_file(stack: Stack, tmp_path: Path) -> 
                 np.testing.assert_array_equal(x.pixels, y.pixels)
 
 
+def test_whole_event_runs_as_tiles_each_pixel_from_its_tile(shared: Path, tmp_path: Path) -> None:
+    """A whole MicroBooNE event (planes of 1008x2400, 1008x2400, 1008x3456) through ssnet-local: it completes, the
+    output planes have the input's shapes and metas, and every pixel is the engine's score for the tile the
+    worker took it from (512x512 tiles, the tiny net's declared input; center stitching)."""
+    full = shared / "data" / "larcv1" / "ssnet_sample_fullevent.root"
+    output = tmp_path / "full.root"
+    result = subprocess.run(
+        [sys.executable, "-m", "ssnet_client.local", "--kind", "ssnet", "--engine", ENGINE, "--workers", "1",
+         "--input", str(full), "--output", str(output), "--log-level", "WARNING"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    source = next(iter(LArCV1Reader([str(full)], "wire")))
+    out = next(iter(LArCV1Reader([str(output)], producers=["ssnet_shower", "ssnet_track"])))
+    assert [i.meta.shape for i in source.images] == [(1008, 2400), (1008, 2400), (1008, 3456)]
+    engine = make_engine(ENGINE, TINY / "tiny_uresnet.prototxt", TINY / "tiny_uresnet.caffemodel")
+    for index, image in enumerate(source.images):
+        shower, track = out.products["ssnet_shower"][index], out.products["ssnet_track"][index]
+        assert shower.meta == track.meta == image.meta
+        prepared = Preprocessing().apply(image.pixels)
+        expected = [np.zeros(prepared.shape, np.float32), np.zeros(prepared.shape, np.float32)]
+        stitcher = Stitcher(expected, "center")
+        for tile in tile_grid(prepared.shape, (512, 512), (0, 0)):
+            scores = engine.forward(prepared[tile.region][np.newaxis, np.newaxis])[0]
+            stitcher.paint(tile, [scores[1], scores[2]])
+        below = prepared < 10
+        for got, want in zip((shower.pixels, track.pixels), expected):
+            want[below] = 0
+            # float16 on the wire; a tile batched with others may differ from alone by float32 rounding
+            np.testing.assert_allclose(got, want.astype(np.float16).astype(np.float32), rtol=0, atol=1e-3)
+
+
 def test_image_the_net_cannot_take_gets_an_error_reply_naming_it(stack: Stack) -> None:
     stack.broker()
     start_ssnet(stack, "--output-dtype", "float32")
@@ -141,6 +174,44 @@ def test_image_the_net_cannot_take_gets_an_error_reply_naming_it(stack: Stack) -
         products = decode_images(client.request("ssnet", encode_images([good])))  # the worker is still serving
     assert [p.name for p in products] == ["ssnet_shower", "ssnet_track"]
     assert products[0].array.dtype == np.float32 and products[0].ids == (EventId(7, 8, 9),)
+
+
+def test_image_smaller_than_a_tile_runs_whole(stack: Stack) -> None:
+    stack.broker()
+    start_ssnet(stack, "--output-dtype", "float32")
+    stack.wait_for_service("ssnet")
+    rng = np.random.default_rng(5)
+    pixels = (rng.random((1, 200, 304)) * 80).astype(np.float32)
+    meta = ImageMeta(width=304, height=1200, rows=200, cols=304, origin_x=0, origin_y=3600, plane=0)
+    with Client(stack.frontend, ClientConfig(timeout=30, retries=0)) as client:
+        products = decode_images(client.request("ssnet", encode_images([
+            ImageProduct("wire", ((meta, EventId(1, 1, 1)),), pixels)])))
+    shower, _ = direct_scores(pixels[0])
+    np.testing.assert_allclose(products[0].array[0], shower.astype(np.float32), rtol=0, atol=1e-3)
+
+
+@pytest.mark.skipif(not engine_available("opencv"), reason="needs OpenCV")
+def test_opencv_never_sees_a_view_that_would_crash_it(stack: Stack) -> None:
+    """OpenCV DNN segfaults on a whole 1008x3456 plane: untiled, that image is an error reply naming it and the
+    worker stays up; tiled (the default), it runs."""
+    stack.broker()
+    stack.worker("ssnet", "--ssnet-model-dir", str(TINY), "--ssnet-engine", "opencv", "--ssnet-tile", "none",
+                 service="ssnet_whole")
+    stack.worker("ssnet", "--ssnet-model-dir", str(TINY), "--ssnet-engine", "opencv", service="ssnet")
+    stack.wait_for_service("ssnet_whole")
+    stack.wait_for_service("ssnet")
+    meta = ImageMeta(width=3456, height=6048, rows=1008, cols=3456, origin_x=0, origin_y=8448, plane=2)
+    view = ImageProduct("wire", ((meta, EventId(3, 2, 1)),), np.full((1, 1008, 3456), 20, np.float32))
+    small_meta = ImageMeta(width=64, height=384, rows=64, cols=64, origin_x=0, origin_y=2784, plane=2)
+    small = ImageProduct("wire", ((small_meta, EventId(3, 2, 1)),), np.full((1, 64, 64), 20, np.float32))
+    with Client(stack.frontend, ClientConfig(timeout=120, retries=0)) as client:
+        with pytest.raises(WorkerError, match=r"image 0 of product 'wire' \(plane 2, event \(3,2,1\)\).*1008x3456.*"
+                                              r"crashes the process"):
+            client.request("ssnet_whole", encode_images([view]))
+        assert decode_images(client.request("ssnet_whole", encode_images([small])))[0].array.shape == (1, 64, 64)
+        tiled = decode_images(client.request("ssnet", encode_images([view])))
+    assert tiled[0].array.shape == (1, 1008, 3456) and np.isfinite(tiled[0].array).all()
+    assert all(proc.poll() is None for _, proc in stack.procs)
 
 
 def test_a_plane_the_worker_does_not_serve_is_an_error_reply(stack: Stack) -> None:

@@ -132,3 +132,13 @@ def test_bad_model_and_output_paths(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--weights is required" in result.stderr
     assert not (tmp_path / "out.npy").exists()
+
+
+@pytest.mark.skipif("opencv" not in AVAILABLE, reason="needs OpenCV")
+def test_opencv_refuses_a_view_that_would_crash_it(tmp_path: Path) -> None:
+    """OpenCV DNN kills the process (SIGSEGV) on a whole 1008x3456 plane: a clear error and exit 2 instead."""
+    np.save(tmp_path / "in.npy", np.full((1, 1, 1008, 3456), 20, np.float32))
+    result = run_infer(*model_args("opencv"), "--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "o.npy"))
+    assert result.returncode == 2, result.stderr
+    assert "1008x3456 pixels: OpenCV's DNN module crashes the process" in result.stderr
+    assert not (tmp_path / "o.npy").exists()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry
 
@@ -56,6 +56,7 @@ from ssnet_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, WORKER
 from ssnet_common.rendezvous import EndpointWatcher, add_broker_options, broker_from_file
 from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
+from ssnet_worker.tiling import STITCH_MODES
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,20 @@ def _plane(text: str) -> int:
         raise argparse.ArgumentTypeError(f"a plane is a number (e.g. --ssnet-planes 0 1 2): {exc}") from None
 
 
+def _tile(text: str) -> Optional[Tuple[int, int]]:
+    """``ROWSxCOLS`` or ``N`` (square); ``none``: whole images, no tiling."""
+    if text.strip().lower() in ("none", "off", "0"):
+        return None
+    rows, sep, cols = text.lower().partition("x")
+    try:
+        size = (int(rows), int(cols if sep else rows))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a tile is ROWSxCOLS (e.g. 512x512), N, or none: {text!r}") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"a tile needs at least 1x1 pixels: {text!r}")
+    return size
+
+
 def _ssnet_options(options: EnvOptions) -> None:
     """The ``--ssnet-*`` options; each older unprefixed spelling (``--threshold``) stays as an alias."""
     def add(name: str, **kwargs: Any) -> None:
@@ -139,10 +154,19 @@ def _ssnet_options(options: EnvOptions) -> None:
     add("output-names", default=("ssnet_shower", "ssnet_track"), nargs=2, metavar=("SHOWER", "TRACK"),
         help="names of the shower and track score images")
     add("output-dtype", default="float16", choices=("float16", "float32"), help="type of the scores sent back")
+    add("tile", default="net", type=lambda text: "net" if text == "net" else _tile(text),
+        help="images larger than ROWSxCOLS run as tiles of that size, stitched back (net: the input size of the "
+             "prototxt, 512x512 for SSNet; none: whole images)")
+    add("tile-overlap", default=0, type=non_negative_int,
+        help="pixels by which neighbouring tiles overlap at least (the last tile of a row or column, aligned to the "
+             "image's edge, may overlap more)")
+    add("stitch", default="center", choices=STITCH_MODES,
+        help="in an overlap, the score of the tile in which the pixel lies farthest from a tile border "
+             "(center), or of the last tile painted (overwrite)")
 
 
 def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: CollectorRegistry) -> Worker:
-    from ssnet_worker.ssnet import ModelSet, Preprocessing, SSNetWorker
+    from ssnet_worker.ssnet import ModelSet, Preprocessing, SSNetWorker, Tiling
 
     shower, track = (name.strip() for name in args.ssnet_output_names)
     if not shower or not track or shower == track:
@@ -157,7 +181,8 @@ def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: Collec
         engine=args.ssnet_engine, device=device, precision=args.ssnet_precision, max_batch=args.ssnet_max_batch,
         planes=None if args.ssnet_planes is None else tuple(args.ssnet_planes), threads=args.ssnet_threads,
         preprocessing=Preprocessing(args.ssnet_preprocess, args.ssnet_threshold, args.ssnet_clip),
-        output_names=(shower, track), output_dtype=args.ssnet_output_dtype, registry=registry,
+        output_names=(shower, track), output_dtype=args.ssnet_output_dtype,
+        tiling=Tiling(args.ssnet_tile, args.ssnet_tile_overlap, args.ssnet_stitch), registry=registry,
     )
 
 

@@ -473,6 +473,11 @@ class OpenCVEngine(Engine):
 
     name = "opencv"
     NETS_KEPT = 3
+    # OpenCV 4.x DNN kills the process (SIGSEGV, no Python error) on wide inputs.  Measured on the tiny net with
+    # OpenCV 4.14 for 64 to 2016 rows: every size with rows x cols^2 >= 2^33 crashes, every smaller one runs
+    # (1008 rows: 2912 columns run, 2920 crash; a whole MicroBooNE plane 2 is 1008x3456).  Such inputs are
+    # refused before OpenCV sees them: an error for that image, and the worker stays up.
+    MAX_ROWS_COLS2 = 2**33
 
     def __init__(self, spec: NetSpec, output: str, checked: bool, cv2: Any, model: Tuple[bytes, bytes]) -> None:
         super().__init__(spec, output, checked, "cpu")
@@ -514,6 +519,15 @@ class OpenCVEngine(Engine):
 
     def describe(self) -> str:
         return f"{super().describe()}, OpenCV {self._cv2.__version__}"
+
+    def check_input(self, images: Any) -> np.ndarray:
+        checked = super().check_input(images)
+        rows, cols = checked.shape[2:]
+        if rows * cols * cols >= self.MAX_ROWS_COLS2:
+            raise InputShapeError(f"image of {rows}x{cols} pixels: OpenCV's DNN module crashes the process on "
+                                  f"inputs with rows x columns^2 >= 2^33; tile the image (ssnet-worker "
+                                  f"--ssnet-tile) or use another engine")
+        return checked
 
     def _forward(self, image: np.ndarray) -> np.ndarray:
         try:

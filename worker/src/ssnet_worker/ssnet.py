@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from prometheus_client import Gauge, Histogram
@@ -42,6 +42,7 @@ from ssnet_data.preprocess import threshold_clip
 from ssnet_data.services import PLANE, parse_sub_service
 from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.engines import make_engine, parse_device
+from ssnet_worker.tiling import STITCH_MODES, Stitcher, Tile, tile_grid
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -139,6 +140,46 @@ class Preprocessing:
         return threshold_clip(out, self.threshold, self.clip, out=out) if self.enabled else out
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """How images larger than a tile run: ``tile`` ``(rows, cols)``, ``"net"`` (the prototxt's input size) or
+    None (whole images); ``overlap`` in pixels; ``stitch`` (see :mod:`ssnet_worker.tiling`)."""
+
+    tile: Union[Tuple[int, int], str, None] = "net"
+    overlap: int = 0
+    stitch: str = "center"
+
+    def __post_init__(self) -> None:
+        if self.stitch not in STITCH_MODES:
+            raise ConfigError(f"stitch mode must be one of {', '.join(STITCH_MODES)}, got {self.stitch!r}")
+        if isinstance(self.tile, str) and self.tile != "net":
+            raise ConfigError(f"tile must be (rows, cols), 'net' or None, got {self.tile!r}")
+        if self.overlap < 0:
+            raise ConfigError(f"tile overlap must be 0 or more, got {self.overlap}")
+        if isinstance(self.tile, tuple) and self.overlap >= min(self.tile):
+            raise ConfigError(f"tile overlap {self.overlap} must be smaller than the tile "
+                              f"{self.tile[0]}x{self.tile[1]}")
+
+    def grid(self, shape: Tuple[int, int], net_input: Tuple[int, int]) -> List[Tile]:
+        """The tiles of an image of ``shape`` (one tile, the whole image, when it fits or tiling is off)."""
+        if self.tile is None:
+            return [Tile(0, 0, *shape)]
+        size = net_input if isinstance(self.tile, str) else self.tile
+        return tile_grid(shape, size, (self.overlap, self.overlap))
+
+
+@dataclass(eq=False)
+class _Piece:
+    """A tile of one received image, on its way through the net."""
+
+    where: str
+    product: int
+    index: int
+    tile: Tile
+    pixels: np.ndarray
+    stitcher: Optional[Stitcher]
+
+
 class SSNetWorker(Worker):
     """SSNet inference on LArCV1 image messages; see the module docstring."""
 
@@ -156,6 +197,7 @@ class SSNetWorker(Worker):
         preprocessing: Preprocessing = Preprocessing(),
         output_names: Tuple[str, str] = ("ssnet_shower", "ssnet_track"),
         output_dtype: str = "float16",
+        tiling: Tiling = Tiling(),
         registry: Optional[CollectorRegistry] = None,
         **kwargs: Any,
     ) -> None:
@@ -172,6 +214,7 @@ class SSNetWorker(Worker):
         self.preprocessing = preprocessing
         self.output_names = output_names
         self.output_dtype = np.dtype(output_dtype)
+        self.tiling = tiling
         self.engines: Dict[int, Engine] = {}
         metrics_registry = self.metrics.registry
         labels = ["plane", "engine", "device"]
@@ -179,7 +222,8 @@ class SSNetWorker(Worker):
                                   "Time taken to load each plane's network and run a first forward pass",
                                   labels, registry=metrics_registry)
         self.inference = Histogram("ssnet_worker_inference_seconds",
-                                   "Forward-pass time per image (a batch's time shared by its images), by plane",
+                                   "Forward-pass time per image or tile (a batch's time shared by its images), "
+                                   "by plane",
                                    labels, buckets=LATENCY_BUCKETS, registry=metrics_registry)
         self.batch_images = Histogram("ssnet_worker_forward_batch_images", "Images per forward pass, by plane",
                                       labels, buckets=(1, 2, 4, 8, 16, 32, 64), registry=metrics_registry)
@@ -200,6 +244,22 @@ class SSNetWorker(Worker):
             self.engine_info.labels(**self._labels(plane), precision=engine.precision).set(1)
             log.info("plane %d: %s with %s loaded in %.2f s (%s)", plane, self.models.prototxt.name,
                      self.models.weights[plane].name, seconds, self.engines[plane].describe())
+        self._check_tile()
+
+    def _check_tile(self) -> None:
+        tiling = self.tiling
+        if tiling.tile is None:
+            log.info("tiling off: every image goes to the net whole")
+            return
+        if isinstance(tiling.tile, tuple):
+            size = tiling.tile
+        else:
+            shape = next(iter(self.engines.values())).input_shape
+            size = (shape[2], shape[3])
+        if tiling.overlap >= min(size):
+            raise ConfigError(f"tile overlap {tiling.overlap} must be smaller than the tile {size[0]}x{size[1]}")
+        log.info("images larger than %dx%d run as tiles of that size (overlap %d, stitch %s)", size[0], size[1],
+                 tiling.overlap, tiling.stitch)
 
     def _labels(self, plane: int) -> Dict[str, str]:
         engine = self.engines.get(plane)
@@ -208,41 +268,65 @@ class SSNetWorker(Worker):
 
     def handle(self, payload: list[Frame]) -> Sequence[Frame]:
         products = decode_images(payload)
-        # Every image of the request, grouped by plane and shape: each group runs as batches of max_batch.
-        groups: Dict[Tuple[int, Tuple[int, ...]], List[Tuple[int, int, str, np.ndarray]]] = defaultdict(list)
+        shower = [np.empty(product.array.shape, dtype=self.output_dtype) for product in products]
+        track = [np.empty_like(s) for s in shower]
+        # Every image of the request, or its tiles, grouped by plane and shape: each group runs as batches of
+        # max_batch (per-image engines) or one by one.
+        groups: Dict[Tuple[int, Tuple[int, ...]], List[_Piece]] = defaultdict(list)
+        inputs: List[Tuple[int, int, np.ndarray]] = []
         for p, product in enumerate(products):
             for index, (meta, ids) in enumerate(product.items):
                 where = f"image {index} of product {product.name!r} (plane {meta.plane}, event {ids})"
                 if meta.plane not in self.engines:
                     raise ValueError(f"{where}: this worker serves plane(s) {list(self.planes)}")
                 image = self.preprocessing.apply(product.array[index])
-                groups[(meta.plane, image.shape)].append((p, index, where, image))
-        shower = [np.empty(product.array.shape, dtype=self.output_dtype) for product in products]
-        track = [np.empty_like(s) for s in shower]
-        for (plane, _), images in groups.items():
+                inputs.append((p, index, image))
+                net_input = self.engines[meta.plane].input_shape[2:]
+                try:
+                    tiles = self.tiling.grid(image.shape, (net_input[0], net_input[1]))
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+                stitcher = None if len(tiles) == 1 else Stitcher([shower[p][index], track[p][index]],
+                                                                 self.tiling.stitch)
+                for tile in tiles:
+                    pixels = image[tile.region]
+                    groups[(meta.plane, pixels.shape)].append(_Piece(where, p, index, tile, pixels, stitcher))
+        for (plane, _), pieces in groups.items():
             engine = self.engines[plane]
             size = self.max_batch if engine.per_image else 1
-            for start in range(0, len(images), size):
-                chunk = images[start:start + size]
-                batch = np.stack([image for *_, image in chunk])[:, np.newaxis]
-                began = time.monotonic()
-                try:
-                    scores = engine.forward(batch)
-                except ValueError as exc:
-                    raise ValueError(f"{chunk[0][2]}: {exc}") from None
-                seconds = time.monotonic() - began
-                labels = self._labels(plane)
-                self.batch_images.labels(**labels).observe(len(chunk))
-                for _ in chunk:
-                    self.inference.labels(**labels).observe(seconds / len(chunk))
-                if scores.shape[1] <= TRACK:
-                    raise ValueError(f"{chunk[0][2]}: the net gives {scores.shape[1]} classes, SSNet has 3")
-                for (p, index, _, image), score in zip(chunk, scores):
-                    below = image < self.preprocessing.threshold
-                    shower[p][index] = np.where(below, 0.0, score[SHOWER])
-                    track[p][index] = np.where(below, 0.0, score[TRACK])
+            for start in range(0, len(pieces), size):
+                self._forward(plane, engine, pieces[start:start + size], shower, track)
+        for p, index, image in inputs:
+            below = image < self.preprocessing.threshold
+            shower[p][index][below] = 0
+            track[p][index][below] = 0
         replies = []
         for p, product in enumerate(products):
             replies += [ImageProduct(self.output_names[0], product.items, shower[p]),
                         ImageProduct(self.output_names[1], product.items, track[p])]
         return encode_images(replies)
+
+    def _forward(self, plane: int, engine: Engine, chunk: List[_Piece], shower: List[np.ndarray],
+                 track: List[np.ndarray]) -> None:
+        """One forward pass of ``chunk``'s tiles (of one shape); their scores go into ``shower`` and ``track``."""
+        first = chunk[0]
+        tiled = f" (tile at row {first.tile.row}, column {first.tile.col})" if first.stitcher else ""
+        batch = np.stack([piece.pixels for piece in chunk])[:, np.newaxis]
+        began = time.monotonic()
+        try:
+            scores = engine.forward(batch)
+        except ValueError as exc:
+            raise ValueError(f"{first.where}{tiled}: {exc}") from None
+        seconds = time.monotonic() - began
+        labels = self._labels(plane)
+        self.batch_images.labels(**labels).observe(len(chunk))
+        for _ in chunk:
+            self.inference.labels(**labels).observe(seconds / len(chunk))
+        if scores.shape[1] <= TRACK:
+            raise ValueError(f"{first.where}: the net gives {scores.shape[1]} classes, SSNet has 3")
+        for piece, score in zip(chunk, scores):
+            if piece.stitcher is None:
+                shower[piece.product][piece.index] = score[SHOWER]
+                track[piece.product][piece.index] = score[TRACK]
+            else:
+                piece.stitcher.paint(piece.tile, [score[SHOWER], score[TRACK]])
