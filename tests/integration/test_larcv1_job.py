@@ -29,6 +29,7 @@ from ssnet_client.larcv1_cli import describe
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common.errors import ProtocolError
 from ssnet_common.protocol import Frame
+from ssnet_data.larcv1 import LArCV1Reader
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.base import Worker, WorkerConfig
 
@@ -390,3 +391,52 @@ def test_reply_with_other_event_ids_fails_the_job(stack: Stack, wrong_ids_servic
     with pytest.raises(ProtocolError, match=r"carries event ids \['\(5007,101,3002\)'\], sent \['\(5007,101,3001\)'\]"):
         SimpleLArCV1Client(config).run()
     assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------------- regions
+def test_regions_send_only_their_crops_and_write_whole_views_zero_outside(stack: Stack, samples: Path,
+                                                                         tmp_path: Path) -> None:
+    """Echo workers return each crop unchanged: the output is the input inside the boxes and zero outside, for
+    boxes for all events, a box over the image's edge (clipped), and an event with boxes of its own."""
+    source = samples / SAMPLE_FULL
+    first, second = list(LArCV1Reader([str(source)], "wire"))
+    regions = tmp_path / "regions.json"
+    regions.write_text(json.dumps({
+        "all": {"0": [{"wires": [100, 612], "ticks": [3000, 6072]}],                 # rows 396-908, cols 100-612
+                "2": [{"wires": [3000, 3500], "ticks": [2000, 9000]},                # rows 0-1008, cols 3000-3456
+                      {"wires": [-50, 200], "ticks": [7968, 9600]}]},                # rows 0-80, cols 0-200
+        "events": [{"run": second.run, "subrun": second.subrun, "event": second.event,
+                    "planes": {"1": [{"wires": [2000, 2400], "ticks": [2400, 2460]}]}}],  # rows 998-1008
+    }))
+    stack.broker()
+    stack.worker("echo")
+    stack.wait_for_service("echo")
+    output = tmp_path / "out.root"
+    code, text = run_client(stack, "--service", "echo", "--input", str(source), "--output", str(output),
+                            "--regions", str(regions))
+    assert code == 0, text
+    boxes = {(first.event, 0): [(396, 908, 100, 612)], (first.event, 2): [(0, 1008, 3000, 3456), (0, 80, 0, 200)],
+             (second.event, 1): [(998, 1008, 2000, 2400)]}
+    out = list(LArCV1Reader([str(output)], "wire"))
+    assert [(e.run, e.subrun, e.event) for e in out] == [(e.run, e.subrun, e.event) for e in (first, second)]
+    for source_entry, out_entry in zip((first, second), out):
+        for image, got in zip(source_entry.images, out_entry.images):
+            assert got.meta == image.meta
+            want = np.zeros_like(image.pixels)
+            for row0, row1, col0, col1 in boxes.get((source_entry.event, image.meta.plane), []):
+                want[row0:row1, col0:col1] = image.pixels[row0:row1, col0:col1]
+            np.testing.assert_array_equal(got.pixels, want)
+    sent = re.search(r"sent ([\d.]+) MB", text)
+    assert sent is not None and float(sent.group(1)) < 5.0, text  # the crops only, not 2 x 33 MB of views
+
+
+@pytest.mark.parametrize(("content", "message"), [("", "is empty"), ("{}", "names no box")])
+def test_empty_regions_file_is_a_clear_error(stack: Stack, samples: Path, tmp_path: Path, content: str,
+                                            message: str) -> None:
+    regions = tmp_path / "regions.json"
+    regions.write_text(content)
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(tmp_path / "o.root"),
+                            "--regions", str(regions))
+    assert code == 2, text
+    assert f"regions file '{regions}' {message}" in text
+    assert leftovers(tmp_path, "regions.json") == []

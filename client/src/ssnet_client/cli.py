@@ -16,6 +16,7 @@ from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_common.rendezvous import add_broker_options, broker_from_file
+from ssnet_data.regions import Regions
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="keep finished entries in chunk files of this many entries beside the output "
                      "(<output>.chunks/), so a failed run can be resumed; 0: off")
     options.add_flag("--resume", help="continue a run from the checkpoint chunks it left (needs --checkpoint)")
+    options.add("--regions", default=None,
+                help="JSON file of boxes per plane (for all events and per event, in wire/tick coordinates): send "
+                     "only those crops and write whole views that are zero outside them (see ssnet_data.regions)")
     options.add("--progress", default="auto", choices=("auto", "bar", "log", "none"),
                 help="progress display: a bar on a terminal, periodic log lines otherwise (auto)")
     cfg.add_common_options(options)
@@ -95,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
         copy_input=args.copy_input, per_plane=args.per_plane,
         compression=None if args.compression == "none" else args.compression,
         checkpoint=args.checkpoint, resume=args.resume,
+        regions=None if args.regions is None else Regions.load(args.regions),
         client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window),
     )
 

@@ -32,6 +32,7 @@ from ssnet_client.base import Client, ClientConfig
 from ssnet_client.jobs import FanOut, JobStats
 from ssnet_common.errors import ConfigError, DataError, LArCV1Error, ProtocolError
 from ssnet_common.protocol import CLIENT_CONNECT
+from ssnet_data.imagemeta import ImageMeta
 from ssnet_data.larcv1 import (
     Image2D,
     LArCV1Entry,
@@ -41,6 +42,7 @@ from ssnet_data.larcv1 import (
     load_writer_backend,
 )
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_data.regions import Regions, crop_meta, place
 from ssnet_data.services import plane_service
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ class LArCV1JobConfig:
     compression: Optional[str] = None
     checkpoint: int = 0  # entries per chunk file (0: no chunk files)
     resume: bool = False
+    regions: Optional[Regions] = None  # send only these crops; write whole views, zero outside them
     client: ClientConfig = field(default_factory=ClientConfig)
 
     def __post_init__(self) -> None:
@@ -83,6 +86,8 @@ class LArCV1JobConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.per_plane and self.batch_size != 1:
             raise ConfigError("per-plane requests send one image each: use batch size 1")
+        if self.regions is not None and self.batch_size != 1:
+            raise ConfigError("with regions each event's crops go as one request: use batch size 1")
         if self.start < 0 or (self.end is not None and self.end < self.start):
             raise ConfigError(f"invalid entry range [{self.start}, {self.end})")
         if self.checkpoint < 0:
@@ -199,8 +204,12 @@ class SimpleLArCV1Client:
             yield plane_service(self.config.service, plane), encode_images([product], self.config.compression)
 
     def _products(self, batch: _Batch) -> Iterator[ImageProduct]:
-        """Per producer and image position, the image of every entry of the batch, stacked."""
+        """Per producer and image position, the image of every entry of the batch, stacked; with regions, each
+        box's crop of the (one) entry's images."""
         entries = batch.entries
+        if self.config.regions is not None:
+            yield from _crops(entries[0], self.config.producers, self.config.regions)
+            return
         ids = [EventId(e.run, e.subrun, e.event) for e in entries]
         for producer in self.config.producers:
             for index in range(len(entries[0].products[producer])):
@@ -296,12 +305,38 @@ class _OutputWriter:
         self._write(entry, products)
 
     def _write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> None:
+        if self.config.regions is not None:
+            products = self._paint(entry, products)
         if self._writer is None:
             self._writer = LArCV1Writer(self._target(), self.producers).__enter__()
         self._writer.write_entry(entry.run, entry.subrun, entry.event, products)
         self.next_entry += 1
         if self.config.checkpoint and self.next_entry - self._chunk_start >= self.config.checkpoint:
             self._close_chunk()
+
+    def _paint(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> dict[str, list[Image2D]]:
+        """With regions: the replies' crops painted into whole views of the entry's planes, zero elsewhere."""
+        views: dict[int, ImageMeta] = {}
+        for producer in self.config.producers:
+            for image in entry.products[producer]:
+                views.setdefault(image.meta.plane, image.meta)
+        copied = set(self.config.producers) if self.config.copy_input else set()
+        painted = {name: images for name, images in products.items() if name in copied}
+        for name in self.producers:
+            if name in copied:
+                continue
+            whole = {plane: np.zeros(meta.shape, np.float32) for plane, meta in views.items()}
+            for crop in products.get(name, []):
+                if crop.meta.plane not in views:
+                    raise DataError(f"entry {entry.entry}: reply product {name!r} has an image of plane "
+                                    f"{crop.meta.plane}, which the event has no view of")
+                try:
+                    row, col = place(views[crop.meta.plane], crop.meta)
+                except ValueError as exc:
+                    raise DataError(f"entry {entry.entry}: reply product {name!r}: {exc}") from None
+                whole[crop.meta.plane][row:row + crop.meta.rows, col:col + crop.meta.cols] = crop.pixels
+            painted[name] = [Image2D(views[plane], pixels) for plane, pixels in whole.items()]
+        return painted
 
     def _target(self) -> str:
         if not self.config.checkpoint:
@@ -318,6 +353,9 @@ class _OutputWriter:
         self.chunk_files.append(final)
 
     def finish(self) -> None:
+        if self._pending and self.config.regions is not None and not self.producers:
+            raise ConfigError(f"no box of {self.config.regions.source} lies in an image of the entries processed: "
+                              "nothing was sent")
         if self._pending:  # no entry of the range had images: the output keeps the input producers' names
             self.producers = list(self.config.producers)
             for held, products in self._pending:
@@ -432,6 +470,21 @@ class _BackgroundWriter:
                 self.output.abort()
         except BaseException as exc:  # raised in the main thread
             self.error = exc
+
+
+def _crops(entry: LArCV1Entry, producers: Sequence[str], regions: Regions) -> Iterator[ImageProduct]:
+    """One product per box: the crop of an image of ``entry``, with its own meta."""
+    event = EventId(entry.run, entry.subrun, entry.event)
+    for producer in producers:
+        for image in entry.products[producer]:
+            for box in regions.boxes((entry.run, entry.subrun, entry.event), image.meta.plane):
+                pixels = box.pixels(image.meta)
+                if pixels is None:
+                    log.debug("entry %d: a box of plane %d misses the image", entry.entry, image.meta.plane)
+                    continue
+                row0, row1, col0, col1 = pixels
+                crop = np.ascontiguousarray(image.pixels[row0:row1, col0:col1])
+                yield ImageProduct(producer, ((crop_meta(image.meta, *pixels), event),), crop[np.newaxis])
 
 
 def _layout(entry: LArCV1Entry) -> tuple[Any, ...]:

@@ -28,6 +28,7 @@ from ssnet_client.jobs import JobStats
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_data.regions import Regions
 from ssnet_data.services import plane_service
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--output", default=None, help="output LArCV1 file (default: out/<input name>_<kind>.root)")
     options.add("--producer", default="wire", help="Image2D producer to send")
     options.add("--batch-size", default=1, type=cfg.positive_int, help="events per request")
+    options.add("--regions", default=None, help="JSON file of boxes to send instead of whole images, as "
+                                                "ssnet-client --regions")
     options.add("--window", default=8, type=cfg.positive_int, help="requests in flight at once")
     options.add("--heartbeat-interval", default=1.0, type=cfg.positive_float,
                 help="broker/worker heartbeat interval (seconds)")
@@ -158,6 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def job() -> tuple[str, JobStats]:
         if not Path(source).is_file():
             raise ConfigError(f"input file {source!r} does not exist")
+        regions = None if args.regions is None else Regions.load(args.regions)
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         service, commands = worker_commands(args)
         with services(commands, args.heartbeat_interval, args.log_level) as (frontend, workers):
@@ -165,7 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 wait_for_workers(frontend, name, workers)
             config = LArCV1JobConfig(
                 inputs=(source,), output=output, producers=(args.producer,), service=service, broker=frontend,
-                batch_size=args.batch_size, per_plane=args.per_plane, client=ClientConfig(window=args.window),
+                batch_size=args.batch_size, per_plane=args.per_plane, regions=regions,
+                client=ClientConfig(window=args.window),
             )
             return output, SimpleLArCV1Client(config, progress=ProgressReport("auto", sys.stderr)).run()
 
