@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import pytest
 
-from ssnet_client import Client, ClientConfig
+from ssnet_client import Client, ClientConfig, NoSuchService
 from ssnet_common import protocol as mdp
+from ssnet_common.protocol import frame_bytes
 
 from .conftest import Stack, free_port, mmi_service, scrape, wait_until
 
@@ -153,3 +155,35 @@ def test_broker_survives_malformed_input_and_stops_cleanly_on_sigterm(stack: Sta
     assert mmi_service(stack.frontend, "anything") == mdp.MMI_NOT_FOUND  # still answering
     broker.send_signal(signal.SIGTERM)
     assert broker.wait(10) == 0
+
+
+def test_a_killed_worker_is_dropped_when_the_broker_cannot_reach_it(stack: Stack) -> None:
+    """SIGKILLed, a worker says no goodbye; its heartbeats would take 60 s to expire here.  The broker finds it
+    unreachable at its next send (ROUTER_MANDATORY) and drops it at once; requests go to the live worker."""
+    port = free_port()
+    stack.broker("--heartbeat-liveness", "240", metrics_port=port)  # 0.25 s x 240 = 60 s to expire
+    victim = stack.worker("echo", "--heartbeat-liveness", "240")
+    stack.worker("echo", "--heartbeat-liveness", "240")
+
+    def idle() -> float | None:
+        return scrape(port).get(("ssnet_broker_workers", (("service", "echo"), ("state", "idle"))))
+
+    wait_until(lambda: idle() == 2, 20, "two echo workers")
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(10) == -signal.SIGKILL
+    wait_until(lambda: idle() == 1, 20, "the broker to drop the killed worker")
+    samples = scrape(port)
+    assert samples[("ssnet_broker_worker_unreachable_total", (("service", "echo"),))] == 1
+    assert samples.get(("ssnet_broker_worker_expirations_total", (("service", "echo"),))) == 0
+    with Client(stack.frontend, ClientConfig(timeout=5, retries=0)) as client:
+        for n in range(6):
+            assert frame_bytes(client.request("echo", [b"%d" % n])[0]) == b"%d" % n
+
+
+def test_a_mistyped_service_fails_within_the_unknown_service_timeout(stack: Stack) -> None:
+    stack.broker("--unknown-service-timeout", "1")
+    began = time.monotonic()
+    with Client(stack.frontend, ClientConfig(timeout=30, retries=0)) as client, \
+            pytest.raises(NoSuchService, match="none has offered it; waited 1 s"):
+        client.request("ehco", [b"x"])
+    assert time.monotonic() - began < 10  # not the 300 s queue timeout

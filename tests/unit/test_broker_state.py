@@ -376,3 +376,67 @@ def test_client_retry_of_a_request_in_hand_is_dropped() -> None:
     [again] = request(state, b"c", 1)  # answered: the same id may be asked again
     assert again.side is Side.WORKER
     assert state.pending == {(b"c", 1)}
+
+
+def test_a_service_no_worker_ever_offered_fails_after_its_own_short_timeout() -> None:
+    state = make(Limits(queue_timeout=300.0, unknown_service_timeout=2.0))
+    request(state, b"c", 1, "typo")
+    ready(state, b"w1")
+    request(state, b"c", 2)
+    request(state, b"c", 3)  # behind request 2, for a service that has a worker
+    assert state.purge(1.9) == []
+    [unknown] = state.purge(2.1)
+    assert client_error(unknown) == ErrorCode.UNKNOWN_SERVICE and request_id(unknown) == 1
+    assert "waited 2 s" in mdp.decode_body(mdp.decode_client_reply(unknown.frames).body).error[1]
+    assert state.purge(299.0) == []  # a known service keeps the long queue timeout
+
+
+@pytest.mark.parametrize(("delivered", "fails"), [(False, False), (True, True)])
+def test_an_unreachable_worker_goes_at_once_and_an_undelivered_request_keeps_its_attempt(
+        delivered: bool, fails: bool) -> None:
+    state = make(Limits(max_attempts=1))
+    ready(state, b"w1")
+    ready(state, b"w2")
+    [given] = request(state, b"c", 7)
+    assert given.identity == b"w1" and given.request
+    out = state.on_unreachable(b"w1", 1.0, delivered=delivered)
+    assert b"w1" not in state.workers and state.counters.unreachable == {"echo": 1}
+    if fails:  # it may have reached w1 before w1 died: that was its one attempt
+        [error] = out
+        assert client_error(error) == ErrorCode.WORKER_LOST
+    else:  # it never reached w1: w2 gets it, still on its first attempt
+        [again] = out
+        assert again.identity == b"w2" and request_id(again) == 7 and again.request
+    assert state.on_unreachable(b"nobody", 1.0) == []
+    heartbeats = state.heartbeat(5.0)
+    assert [h.identity for h in heartbeats] == [b"w2"] and not any(h.request for h in heartbeats)
+
+
+def test_the_whole_state_is_bounded() -> None:
+    state = make(Limits(max_queue=5, max_queued=3, max_services=2))
+    assert request(state, b"c", 1, "a") == [] and request(state, b"c", 2, "b") == []
+    [refused] = request(state, b"c", 3, "c")  # a third service
+    assert client_error(refused) == ErrorCode.QUEUE_FULL
+    assert "holds 2 services" in mdp.decode_body(mdp.decode_client_reply(refused.frames).body).error[1]
+    assert set(state.services) == {"a", "b"}
+    assert request(state, b"c", 4, "a") == []
+    [full] = request(state, b"c", 5, "b")  # 3 queued in all
+    assert client_error(full) == ErrorCode.QUEUE_FULL
+    assert dict(state.counters.rejected) == {"max_services": 1, "max_queued": 1}
+    state.purge(100.0)  # no worker ever offered a or b: their requests fail, their services go
+    assert state.services == {} and request(state, b"c", 6, "c") == []
+
+
+def test_collector_shows_the_bounds_and_unreachable_workers() -> None:
+    state = make(Limits(max_services=7))
+    collector = BrokerCollector(state, Traffic())
+    registry = CollectorRegistry()
+    registry.register(collector)
+    ready(state, b"w1")
+    ready(state, b"w2")
+    state.on_unreachable(b"w1", 1.0)
+    assert registry.get_sample_value("ssnet_broker_worker_unreachable_total", {"service": "echo"}) == 1
+    assert registry.get_sample_value("ssnet_broker_limit", {"limit": "max_services"}) == 7
+    assert registry.get_sample_value("ssnet_broker_limit", {"limit": "unknown_service_timeout"}) == 10
+    assert registry.get_sample_value("ssnet_broker_rejected_requests_total", {"bound": "max_queued"}) == 0
+    assert registry.get_sample_value("ssnet_broker_services", {}) == 1

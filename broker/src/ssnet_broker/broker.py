@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -158,12 +158,21 @@ class Broker:
         self._send(sockets, out)
 
     def _send(self, sockets: dict[Side, zmq.Socket], out: list[Outgoing]) -> None:  # type: ignore[type-arg]
-        for message in out:
+        pending = deque(out)
+        while pending:
+            message = pending.popleft()
             frames = [message.identity, *message.frames]
             try:
                 sockets[message.side].send_multipart(frames, zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or queue full: nothing to retry
+            except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
                 log.warning("could not send to %s %s: %s", message.side.value, message.identity.hex(), exc)
+                if message.side is Side.WORKER and exc.errno == zmq.EHOSTUNREACH:
+                    with self.lock:  # the worker is gone: drop it now, its request goes to another worker
+                        pending.extend(self.state.on_unreachable(message.identity, time.monotonic(),
+                                                                 delivered=not message.request))
+                        events = self.state.drain_events()
+                    if self.metrics is not None:
+                        self.metrics.observe(events)
                 continue
             self.traffic.bytes_out += frames_nbytes(frames)
 

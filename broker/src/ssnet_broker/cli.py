@@ -33,11 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds between heartbeats sent to each worker; workers must use the same value")
     options.add("--heartbeat-liveness", default=mdp.HEARTBEAT_LIVENESS, type=cfg.positive_int,
                 help="a worker silent for this many heartbeat intervals is dropped and its request re-queued")
-    options.add("--queue-timeout", default=300.0, type=cfg.positive_float,
+    limits = Limits()  # the defaults live there
+    options.add("--queue-timeout", default=limits.queue_timeout, type=cfg.positive_float,
                 help="longest a request may wait for a worker before the client gets an error reply (seconds)")
-    options.add("--max-queue", default=10000, type=cfg.positive_int,
+    options.add("--unknown-service-timeout", default=limits.unknown_service_timeout, type=cfg.positive_float,
+                help="longest a request may wait for a service no worker has ever offered (seconds): a mistyped "
+                     "service name fails this fast")
+    options.add("--max-queue", default=limits.max_queue, type=cfg.positive_int,
                 help="requests a service may have waiting; beyond it clients get an error reply at once")
-    options.add("--max-attempts", default=3, type=cfg.positive_int,
+    options.add("--max-queued", default=limits.max_queued, type=cfg.positive_int,
+                help="requests that may wait in all services together; beyond it clients get an error reply at once")
+    options.add("--max-services", default=limits.max_services, type=cfg.positive_int,
+                help="services the broker holds at once (with workers or waiting requests); a request for one more "
+                     "gets an error reply at once")
+    options.add("--max-attempts", default=limits.max_attempts, type=cfg.positive_int,
                 help="workers a request may be given to, in all, when its workers die before answering")
     options.add("--endpoint-file", default=None,
                 help="once the broker answers, write where it listens (host, tcp://host:port endpoints, metrics "
@@ -62,6 +71,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             queue_timeout=args.queue_timeout,
             max_queue=args.max_queue,
             max_attempts=args.max_attempts,
+            unknown_service_timeout=args.unknown_service_timeout,
+            max_queued=args.max_queued,
+            max_services=args.max_services,
         ),
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,

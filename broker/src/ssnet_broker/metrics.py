@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 from prometheus_client import Histogram
@@ -84,10 +85,19 @@ class BrokerCollector:
                                       labels=["direction"])
         malformed = CounterMetricFamily("ssnet_broker_malformed_messages_total", "Messages dropped as malformed",
                                         labels=["side"])
+        unreachable = CounterMetricFamily("ssnet_broker_worker_unreachable_total",
+                                          "Workers dropped at once because the socket could no longer reach them",
+                                          labels=["service"])
+        rejected = CounterMetricFamily("ssnet_broker_rejected_requests_total",
+                                       "Requests refused at once, by the bound they would have overstepped",
+                                       labels=["bound"])
+        services = GaugeMetricFamily("ssnet_broker_services", "Services held: with workers or waiting requests")
+        limits = GaugeMetricFamily("ssnet_broker_limit", "The broker's bounds (options), by name", labels=["limit"])
+        added = [unreachable, rejected, services, limits]
         if now is None:
             [latency], [queue_wait] = self.latency.describe(), self.queue_wait.describe()
             return [workers, queued, heartbeat_age, requests, latency, queue_wait, heartbeats, expirations,
-                    requeues, traffic, malformed]
+                    requeues, traffic, malformed, *added]
 
         state, counters, created = self.state, self.state.counters, self.started
         # gauges: the current state
@@ -129,5 +139,12 @@ class BrokerCollector:
                 traffic.add_metric([direction], count, created)
         for side, count in self.traffic.malformed.items():
             malformed.add_metric([side], count, created)
+        for label, count in counters.unreachable.items():
+            unreachable.add_metric([label], count, created)
+        for bound in ("max_queue", "max_queued", "max_services"):
+            rejected.add_metric([bound], counters.rejected[bound], created)
+        services.add_metric([], len(state.services))
+        for name, value in sorted(asdict(state.limits).items()):
+            limits.add_metric([name], float(value))
         return [workers, queued, heartbeat_age, requests, *self.latency.collect(), *self.queue_wait.collect(),
-                heartbeats, expirations, requeues, traffic, malformed]
+                heartbeats, expirations, requeues, traffic, malformed, *added]

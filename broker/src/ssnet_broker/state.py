@@ -8,9 +8,13 @@ Rules (RFC 18 plus ours):
 * Each service has a queue of idle workers, least recently used first, and a bounded queue of requests.
 * A request goes to the least recently used idle worker of its service.  If its worker dies (expired or
   disconnected) before answering, it goes back to the front of the queue, at most ``max_attempts`` tries in
-  all; then the client gets a ``worker_lost`` error.
-* A request waiting longer than ``queue_timeout`` for a worker gets ``unknown_service`` (no worker ever
-  registered for that service) or ``queue_timeout``; a request arriving at a full queue gets ``queue_full``.
+  all; then the client gets a ``worker_lost`` error.  A worker the broker cannot send to (the socket says
+  the peer is gone: :meth:`BrokerState.on_unreachable`) is removed at once, and a request that never reached
+  it does not use up one of its attempts.
+* A request waiting longer than ``queue_timeout`` for a worker gets ``queue_timeout``; one for a service no
+  worker ever registered gets ``unknown_service`` after ``unknown_service_timeout`` (much shorter).
+* The whole state is bounded: a request arriving at a full queue (``max_queue``), when ``max_queued`` requests
+  wait in all, or for a new service when ``max_services`` services are held, gets ``queue_full``.
 * A request in our format that repeats the (client, request id) of one already queued or being processed is
   a client's retry of it: it is dropped, so one request is never worked on twice at once.
 * Workers are sent a HEARTBEAT every ``heartbeat_interval``, idle or busy; a worker silent for
@@ -52,11 +56,13 @@ class Side(enum.Enum):
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One message to send: on the client (frontend) or worker (backend) socket, to ``identity``."""
+    """One message to send: on the client (frontend) or worker (backend) socket, to ``identity``;
+    ``request``: it hands the worker a request (if it cannot be delivered, the request never reached it)."""
 
     side: Side
     identity: bytes
     frames: list[Frame]
+    request: bool = False
 
 
 class Outcome(str, enum.Enum):
@@ -79,6 +85,9 @@ class Counters:
     finished: Counter[tuple[str, Outcome]] = field(default_factory=Counter)  # requests ended, by service and outcome
     requeues: Counter[str] = field(default_factory=Counter)  # requests put back in the queue as their worker died
     expirations: Counter[str] = field(default_factory=Counter)  # workers dropped for silence
+    unreachable: Counter[str] = field(default_factory=Counter)  # workers dropped as the socket could not reach them
+    rejected: Counter[str] = field(default_factory=Counter)  # requests refused, by the bound: max_queue, max_queued,
+    #                                                          max_services
 
 
 class Dispatched(NamedTuple):
@@ -142,6 +151,9 @@ class Limits:
     queue_timeout: float = 300.0
     max_queue: int = 10000
     max_attempts: int = 3
+    unknown_service_timeout: float = 10.0
+    max_queued: int = 100_000
+    max_services: int = 1000
 
     @property
     def worker_ttl(self) -> float:
@@ -200,15 +212,28 @@ class BrokerState:
         if request.key is not None and request.key in self.pending:
             log.debug("dropped retry of request %d of client %s: already in hand", request_id, identity.hex())
             return []
+        refused = self._refusal(message.service)
+        if refused is not None:
+            bound, why = refused
+            self.counters.rejected[bound] += 1
+            return [self._fail(request, Outcome.QUEUE_FULL, why, now)]
         service = self._service(message.service)
-        if len(service.queue) >= self.limits.max_queue:
-            return [self._fail(request, Outcome.QUEUE_FULL,
-                               f"queue of service {message.service!r} is full ({self.limits.max_queue} requests)",
-                               now)]
         if request.key is not None:
             self.pending.add(request.key)
         service.queue.append(request)
         return self._dispatch(service, now)
+
+    def _refusal(self, name: str) -> Optional[tuple[str, str]]:
+        """(bound, why) if a request for service ``name`` would overstep a bound of the state, else None."""
+        limits = self.limits
+        service = self.services.get(name)
+        if service is None and len(self.services) >= limits.max_services:
+            return "max_services", f"the broker holds {len(self.services)} services, its most; not {name!r}"
+        if service is not None and len(service.queue) >= limits.max_queue:
+            return "max_queue", f"queue of service {name!r} is full ({limits.max_queue} requests)"
+        if self.queued() >= limits.max_queued:
+            return "max_queued", f"the broker holds {limits.max_queued} queued requests, its most"
+        return None
 
     # ------------------------------------------------------------------------------ worker side
     def on_worker(self, identity: bytes, frames: Sequence[Frame], now: float) -> list[Outgoing]:
@@ -229,6 +254,17 @@ class BrokerState:
             self.counters.heartbeats_received += 1
             return []
         return self._on_reply(worker, message, now)
+
+    def on_unreachable(self, identity: bytes, now: float, *, delivered: bool = True) -> list[Outgoing]:
+        """The socket could not send to worker ``identity``: it is gone.  ``delivered``: False when the message
+        that failed handed it its request, which then never reached it and does not count as an attempt."""
+        worker = self.workers.get(identity)
+        if worker is None:
+            return []
+        if worker.request is not None and not delivered:
+            worker.request.attempts -= 1
+        self.counters.unreachable[worker.service] += 1
+        return self._remove(worker, now, "unreachable")
 
     def _on_ready(self, identity: bytes, ready: mdp.Ready, known: Optional[Worker], now: float) -> list[Outgoing]:
         if known is not None or ready.service.startswith(mdp.MMI_PREFIX):
@@ -271,19 +307,21 @@ class BrokerState:
                         worker.identity.hex(), worker.service, now - worker.last_seen)
             self.counters.expirations[worker.service] += 1
             out += self._remove(worker, now, "expired")
-        deadline = now - self.limits.queue_timeout
         for service in list(self.services.values()):
+            known = service.name in self.registered
+            deadline = now - (self.limits.queue_timeout if known else self.limits.unknown_service_timeout)
             late = [r for r in service.queue if r.queued < deadline]
             if late:
                 service.queue = deque(r for r in service.queue if r.queued >= deadline)
             for request in late:
-                if service.name in self.registered:
+                if known:
                     out.append(self._fail(request, Outcome.QUEUE_TIMEOUT,
                                           f"no worker of service {service.name!r} took the request within "
                                           f"{self.limits.queue_timeout:g} s", now))
                 else:
                     out.append(self._fail(request, Outcome.UNKNOWN_SERVICE,
-                                          f"no worker for service {service.name!r}", now))
+                                          f"no worker for service {service.name!r} (none has offered it; "
+                                          f"waited {self.limits.unknown_service_timeout:g} s)", now))
             self._forget_if_unused(service)
         return out
 
@@ -323,7 +361,7 @@ class BrokerState:
             worker.request = request
             self.events.append(Dispatched(service.name, now - request.queued))
             message = mdp.WorkerRequest(request.client, request.message.body, delimited=worker.delimited)
-            out.append(Outgoing(Side.WORKER, worker.identity, message.encode()))
+            out.append(Outgoing(Side.WORKER, worker.identity, message.encode(), request=True))
         return out
 
     def _remove(self, worker: Worker, now: float, why: str) -> list[Outgoing]:
