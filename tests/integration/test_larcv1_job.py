@@ -29,7 +29,7 @@ from ssnet_client.larcv1_cli import describe
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common.errors import ProtocolError
 from ssnet_common.protocol import Frame
-from ssnet_data.larcv1 import LArCV1Reader
+from ssnet_data.larcv1 import LArCV1Reader, LArCV1Writer
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.base import Worker, WorkerConfig
 
@@ -440,3 +440,56 @@ def test_empty_regions_file_is_a_clear_error(stack: Stack, samples: Path, tmp_pa
     assert code == 2, text
     assert f"regions file '{regions}' {message}" in text
     assert leftovers(tmp_path, "regions.json") == []
+
+
+# ------------------------------------------------------------------------------------------ poison events
+def start_crashing_dummies(stack: Stack, poison: tuple[int, int, int], count: int = 4) -> None:
+    """A broker that gives up on a request after one lost worker, and dummy workers that die on ``poison``."""
+    stack.broker("--max-attempts", "1")
+    for _ in range(count):
+        stack.worker("dummy", "--dummy-crash-on", "/".join(map(str, poison)))
+    stack.wait_for_service("dummy")
+
+
+def test_a_poison_event_stops_the_job_naming_it_and_resume_finishes_without_it(
+        stack: Stack, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    source = samples / SAMPLE_512
+    entries = manifest[SAMPLE_512]
+    poison = (entries[5]["run"], entries[5]["subrun"], entries[5]["event"])
+    start_crashing_dummies(stack, poison)
+    output = tmp_path / "out.root"
+    job = ["--output", str(output), "--checkpoint", "2", "--window", "1", "--max-event-attempts", "2"]
+    code, text = run_client(stack, "--input", str(source), *job)
+    assert code == 1, text
+    assert (f"event {poison[0]}/{poison[1]}/{poison[2]} (file {source}, entry 5) failed: service 'dummy'"
+            in text), text
+    assert "worker_lost" in text and "sending it again" in text  # one resubmission: 2 workers in all
+    assert not output.exists()
+    chunks = sorted(p.name for p in (tmp_path / "out.root.chunks").iterdir())
+    assert chunks == ["entries-000000000-000000002.root", "entries-000000002-000000004.root"]
+
+    cleaned = tmp_path / "cleaned.root"  # the input without the poison event: what the physicist does next
+    reader = LArCV1Reader([str(source)], "wire")
+    with LArCV1Writer(str(cleaned), ["wire"]) as writer:
+        for entry in reader:
+            if (entry.run, entry.subrun, entry.event) != poison:
+                writer.copy_entry(entry)
+    code, text = run_client(stack, "--input", str(cleaned), *job, "--resume")
+    assert code == 0, text
+    check_dummy(dump(output), entries[:5] + entries[6:])
+
+
+def test_skipped_poison_event_is_listed_and_the_rest_written(stack: Stack, samples: Path, manifest: Any,
+                                                            tmp_path: Path) -> None:
+    entries = manifest[SAMPLE_512]
+    poison = (entries[2]["run"], entries[2]["subrun"], entries[2]["event"])
+    start_crashing_dummies(stack, poison)
+    output = tmp_path / "out.root"
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output),
+                            "--on-error", "skip", "--max-event-attempts", "2")
+    assert code == 3, text
+    check_dummy(dump(output), entries[:2] + entries[3:])  # every other event, in order, once
+    failed = json.loads((tmp_path / "out.root.failed.json").read_text())
+    assert [(e["run"], e["subrun"], e["event"], e["entry"]) for e in failed["skipped"]] == [(*poison, 2)]
+    assert "worker_lost" in failed["skipped"][0]["error"]
+    assert f"1 skipped: {poison[0]}/{poison[1]}/{poison[2]}" in text

@@ -12,8 +12,8 @@ from typing import Any, Optional, Union
 import pytest
 
 from ssnet_client.base import Reply
-from ssnet_client.jobs import FanOut, JobStats, Request
-from ssnet_common.errors import RequestError, WorkerError, WorkerLost
+from ssnet_client.jobs import FanOut, JobStats, Request, RetryPolicy
+from ssnet_common.errors import RequestError, WorkerError, WorkerLost, worker_lost_message
 
 
 class Scripted:
@@ -60,25 +60,38 @@ def test_units_come_back_in_order_with_replies_per_request() -> None:
     assert stats.bytes_sent == stats.bytes_received == 6 and len(stats.round_trips) == 3
 
 
-def test_a_lost_request_is_sent_again_up_to_resubmits() -> None:
-    lost = WorkerLost("worker died", service="a")
-    client = Scripted({("a", b"1a"): [lost, lost]})
+def lost(workers: int) -> WorkerLost:
+    return WorkerLost(f"service 'a', request 1: worker_lost: {worker_lost_message(workers, 'a')}", service="a")
+
+
+def test_a_lost_request_is_sent_again_until_its_workers_are_used_up() -> None:
+    client = Scripted({("a", b"1a"): [lost(1), lost(1)]})
     stats = JobStats()
-    fan: FanOut[int] = FanOut(client, stats, describe=str, resubmits=2)  # type: ignore[arg-type]
+    fan: FanOut[int] = FanOut(client, stats, describe=str, policy=RetryPolicy(3))  # type: ignore[arg-type]
     got = [unit for unit, _ in fan.run(units(["a"], ["a"], ["a"]))]
     assert got == [0, 1, 2] and stats.resubmits == 2
     assert client.sent.count(("a", b"1a")) == 3
 
-    client = Scripted({("a", b"1a"): [lost, lost, lost]})
-    fan = FanOut(client, JobStats(), describe=str, resubmits=2)  # type: ignore[arg-type]
+    client = Scripted({("a", b"1a"): [lost(1), lost(1), lost(1)]})
+    fan = FanOut(client, JobStats(), describe=str, policy=RetryPolicy(3))  # type: ignore[arg-type]
     with pytest.raises(WorkerLost):
         list(fan.run(units(["a"], ["a"])))
+    assert client.sent.count(("a", b"1a")) == 3
+
+
+def test_a_worker_lost_reply_counts_the_workers_the_broker_tried() -> None:
+    assert lost(3).workers == 3 and WorkerLost("no count here").workers == 1
+    client = Scripted({("a", b"0a"): [lost(3), lost(3)]})
+    fan: FanOut[int] = FanOut(client, JobStats(), describe=str, policy=RetryPolicy(5),  # type: ignore[arg-type]
+                              return_exceptions=True)
+    [(_, [error])] = list(fan.run(units(["a"])))
+    assert isinstance(error, WorkerLost) and client.sent.count(("a", b"0a")) == 2  # 3 + 3 workers >= 5
 
 
 def test_a_worker_error_is_not_sent_again() -> None:
     client = Scripted({("a", b"0a"): [WorkerError("bad image", service="a")]})
     stats = JobStats()
-    fan: FanOut[int] = FanOut(client, stats, describe=str, resubmits=5)  # type: ignore[arg-type]
+    fan: FanOut[int] = FanOut(client, stats, describe=str, policy=RetryPolicy(5))  # type: ignore[arg-type]
     with pytest.raises(WorkerError, match="bad image"):
         list(fan.run(units(["a"])))
     assert stats.resubmits == 0 and client.sent == [("a", b"0a")]

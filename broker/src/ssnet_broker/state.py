@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Union
 
 from ssnet_common import protocol as mdp
-from ssnet_common.errors import ErrorCode, ProtocolError
+from ssnet_common.errors import ErrorCode, ProtocolError, worker_lost_message
 
 if TYPE_CHECKING:
     from ssnet_common.protocol import Frame
@@ -376,9 +376,8 @@ class BrokerState:
         out: list[Outgoing] = []
         if request is not None:
             if request.attempts >= self.limits.max_attempts:
-                out.append(self._fail(request, Outcome.WORKER_LOST,
-                                      f"{request.attempts} workers of service {service.name!r} died "
-                                      f"while processing the request", now))
+                out.append(self._fail(request, Outcome.WORKER_LOST, worker_lost_message(request.attempts, service.name),
+                                      now))
             else:
                 log.info("request of client %s goes back to the queue of %r (attempt %d of %d)",
                          request.client.hex(), service.name, request.attempts + 1, self.limits.max_attempts)

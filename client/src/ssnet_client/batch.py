@@ -23,8 +23,9 @@ across epoch boundaries.  Replies come back in schedule order whatever order the
 
 Failures.  A data worker that dies mid-request costs nothing but time: the broker gives its request to another
 worker, and the client re-sends a request that times out.  If the broker gives up on it anyway (``worker_lost``,
-or ``queue_timeout`` while a shard has no worker) the client requests that batch part again, up to
-``resubmits`` times (counted in ``stats.resubmits``).  A worker's error reply (bad entries, unreadable file)
+or ``queue_timeout`` while a shard has no worker) the client requests that batch part again, until
+``max_attempts`` workers in all have had it (:class:`~ssnet_client.jobs.RetryPolicy`; counted in
+``stats.resubmits``).  A worker's error reply (bad entries, unreadable file)
 raises :class:`~ssnet_common.errors.WorkerError`.
 """
 
@@ -37,12 +38,12 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
-from ssnet_client.jobs import FanOut, JobStats
+from ssnet_client.jobs import FanOut, JobStats, RetryPolicy
 from ssnet_common.errors import (
     ConfigError,
     NoSuchService,
@@ -189,8 +190,8 @@ class BatchClient:
     ``shards``: None to find out (a service ``service``, else ``service_shard0`` ... whose info gives the
     count), 1 for unsharded workers, S for workers registered as ``service_shard0`` .. ``service_shard<S-1>``.
     ``timeout``/``retries``: per request attempt, as :class:`~ssnet_client.base.ClientConfig`;
-    ``resubmits``: how often a batch part is requested again after the broker gave up on it
-    (:class:`~ssnet_client.jobs.FanOut`).
+    ``max_attempts``: workers a batch part may be given to in all, across requests sent again after the broker
+    gave up on it (:class:`~ssnet_client.jobs.RetryPolicy`).
     ``discover_timeout``: how long to wait for the service's first worker.
     ``client``: a :class:`Client` to use (default: one of our own, closed by :meth:`close`).
 
@@ -216,7 +217,7 @@ class BatchClient:
         shards: Optional[int] = None,
         timeout: float = 60.0,
         retries: int = 2,
-        resubmits: int = 3,
+        max_attempts: int = 5,
         discover_timeout: float = 60.0,
         client: Optional[Client] = None,
         registry: Optional[CollectorRegistry] = None,
@@ -227,8 +228,8 @@ class BatchClient:
                               f"{batch_size}, {prefetch}, {start_epoch}, {epochs}")
         if shards is not None and shards < 1:
             raise ConfigError(f"shards must be at least 1 (or None to find out), got {shards}")
-        if resubmits < 0 or not discover_timeout > 0:
-            raise ConfigError("resubmits must be 0 or more and discover_timeout positive")
+        if max_attempts < 1 or not discover_timeout > 0:
+            raise ConfigError("max_attempts must be at least 1 and discover_timeout positive")
         self.service = service
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -239,7 +240,7 @@ class BatchClient:
         self.prefetch = prefetch
         self.preprocess = preprocess if preprocess is not None else Preprocess()
         self.compression = compression
-        self.resubmits = resubmits
+        self.policy = RetryPolicy(max_attempts)
         self.discover_timeout = discover_timeout
         self.timeout = timeout
         self.stats = JobStats(unit="batch")
@@ -359,7 +360,7 @@ class BatchClient:
         self.info  # noqa: B018 - discover before the clock starts
         fan: FanOut[_Planned] = FanOut(
             self.client, self.stats, describe=lambda planned: f"batch {planned.epoch}/{planned.index}",
-            resubmits=self.resubmits, window=(self.prefetch + 1) * self.shards, timeout=self.timeout,
+            policy=self.policy, window=(self.prefetch + 1) * self.shards, timeout=self.timeout,
         )
         units = ((planned, [(part.service, part.request.encode()) for part in planned.parts])
                  for planned in self._planned(epochs))
@@ -371,8 +372,9 @@ class BatchClient:
                     planned, replies = next(stream)
                 except StopIteration:
                     return
+                answers = cast("list[Reply]", replies)  # FanOut raises a failed request's error
                 batch = _assemble(planned, [(part, self._decode(planned, part, reply), reply.rtt)
-                                            for part, reply in zip(planned.parts, replies)])
+                                            for part, reply in zip(planned.parts, answers)])
                 yield replace(batch, wait=self.stats.handed(len(batch), batch.nbytes, waited_since=began))
         finally:
             stream.close()

@@ -11,7 +11,7 @@ from typing import Any, Optional, TextIO
 
 from ssnet_client.base import ClientConfig
 from ssnet_client.jobs import JobStats
-from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_client.larcv1_client import MAX_EVENT_ATTEMPTS, ON_ERROR, LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 from ssnet_common.protocol import CLIENT_CONNECT
@@ -20,6 +20,7 @@ from ssnet_data.regions import Regions
 
 log = logging.getLogger(__name__)
 
+EXIT_SKIPPED = 3  # the job finished, but events that failed for good were left out (--on-error skip)
 PROGRESS_LOG_PERIOD = 10.0  # seconds between progress log lines when not on a terminal
 
 
@@ -43,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--window", default=8, type=cfg.positive_int, help="requests in flight at once")
     options.add("--timeout", default=120.0, type=cfg.positive_float,
                 help="seconds to wait for a reply before sending the request again")
-    options.add("--retries", default=3, type=cfg.non_negative_int, help="times a request is sent again before failing")
+    options.add("--retries", default=3, type=cfg.non_negative_int,
+                help="times the client re-sends a request that gets no reply within --timeout")
+    options.add("--max-event-attempts", default=MAX_EVENT_ATTEMPTS, type=cfg.positive_int,
+                help="workers an event's request may be given to in all: after the broker reports its workers "
+                     "lost (worker_lost) or the client gives up waiting, the job sends it again until then")
+    options.add("--on-error", default=ON_ERROR[0], choices=ON_ERROR,
+                help="an event whose request fails for good (all its attempts, or an error reply): stop the job "
+                     "naming it (fail), or leave it out, list it in <output>.failed.json and exit 3 (skip)")
     options.add_flag("--per-plane", help="send each image as its own request to service <service>_plane<p>")
     options.add_flag("--copy-input", help="also write the input producers into the output file")
     options.add("--compression", default="none", choices=("none", "zlib"), help="compress the arrays sent")
@@ -98,7 +106,8 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
         broker=args.broker, batch_size=args.batch_size, start=args.start, end=args.end,
         copy_input=args.copy_input, per_plane=args.per_plane,
         compression=None if args.compression == "none" else args.compression,
-        checkpoint=args.checkpoint, resume=args.resume,
+        checkpoint=args.checkpoint, resume=args.resume, max_event_attempts=args.max_event_attempts,
+        on_error=args.on_error,
         regions=None if args.regions is None else Regions.load(args.regions),
         client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window),
     )
@@ -106,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
 
 def run_job(job: Callable[[], tuple[str, JobStats]]) -> int:
     """Run a LArCV1 job, log its summary or why it failed, and return the exit status: 0 done, 1 failed,
-    2 bad options or input, 130 interrupted.  ``job`` returns the output path and the summary."""
+    2 bad options or input, 3 done but events were skipped (``--on-error skip``), 130 interrupted.  ``job``
+    returns the output path and the summary."""
     try:
         output, summary = job()
     except (ConfigError, LArCV1Error) as exc:
@@ -119,6 +129,10 @@ def run_job(job: Callable[[], tuple[str, JobStats]]) -> int:
         log.error("interrupted, no output written")
         return 130
     log.info("wrote %s: %s", output, summary.text())
+    if summary.skipped:
+        log.error("%d event(s) failed and are not in %s; they are listed in %s.failed.json", len(summary.skipped),
+                  output, output)
+        return EXIT_SKIPPED
     return 0
 
 

@@ -6,11 +6,13 @@ unit through :meth:`Client.imap <ssnet_client.base.Client.imap>` (``window`` req
 each unit with its replies in request order, units in the order they were given, whatever order the workers
 answer in.  A unit without requests (an event without images) is yielded in its turn with no replies.
 
-Resubmission: the broker already gives a dead worker's request to another worker, and the client re-sends a
-request that gets no answer.  When the broker gives up anyway (``worker_lost`` after ``--max-attempts``
-workers, ``queue_timeout`` while a service has no worker) or the client's own retries run out, the request is
-sent again, up to ``resubmits`` times, before its error ends the job.  An error reply from a worker (bad input)
-is never sent again: it would fail again.
+Resubmission (:class:`RetryPolicy`, the one set of rules both jobs use): the broker already gives a dead
+worker's request to another worker, and the client re-sends a request that gets no answer.  When the broker
+gives up anyway (``worker_lost`` after its ``--max-attempts`` workers, ``queue_timeout`` while a service has no
+worker) or the client's own retries run out, the request is sent again, until ``max_attempts`` workers in all
+have had it (a ``worker_lost`` reply counts the workers the broker tried; any other failure counts one).  An
+error reply from a worker (bad input) is never sent again: it would fail again.  A request that exhausts its
+attempts raises its last error, or (``return_exceptions``) takes its place among the unit's replies.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar, Union
 
 import numpy as np
 
@@ -47,6 +49,7 @@ class JobStats:
     entries: int = 0          # LArCV1 entries in them
     nbytes: int = 0           # bytes of the arrays handed on (training feed)
     resumed: int = 0          # entries found done in checkpoint chunks (LArCV1 job with --resume)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # events left out after failing for good
     requests: int = 0         # requests sent, resubmissions not counted
     resubmits: int = 0        # requests sent again after the broker or the client gave up on them
     bytes_sent: int = 0
@@ -97,6 +100,10 @@ class JobStats:
         parts.append(f" in {seconds:.2f} s ({self.done / seconds if seconds > 0 else 0.0:.2f} {unit}/s)")
         if self.resumed:
             parts.append(f" after {self.resumed} from checkpoints")
+        if self.skipped:
+            parts.append(f"; {len(self.skipped)} skipped: " + ", ".join(
+                f"{e['run']}/{e['subrun']}/{e['event']}" for e in self.skipped[:10])
+                + (" ..." if len(self.skipped) > 10 else ""))
         parts.append(f"; {self.requests} requests, {self.resubmits} sent again, sent {self.bytes_sent / 1e6:.1f} MB, "
                      f"received {self.bytes_received / 1e6:.1f} MB")
         if self.round_trips:
@@ -109,11 +116,31 @@ class JobStats:
         return "".join(parts)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed request is sent again: up to ``max_attempts`` workers per request, across resubmissions."""
+
+    max_attempts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+
+    @staticmethod
+    def cost(error: RequestError) -> int:
+        """The workers a failed submission used up."""
+        return error.workers if isinstance(error, WorkerLost) else 1
+
+    @staticmethod
+    def resubmittable(error: RequestError) -> bool:
+        return isinstance(error, RESUBMITTABLE)
+
+
 @dataclass(eq=False)
 class _Pending(Generic[U]):
     unit: U
     requests: list[Request]
-    replies: list[Reply] = field(default_factory=list)
+    replies: list[Union[Reply, RequestError]] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -123,21 +150,23 @@ class _Pending(Generic[U]):
 class FanOut(Generic[U]):
     """Sends the requests of each unit and yields ``(unit, replies)`` in unit order (see the module's text).
 
-    ``describe(unit)`` names a unit in log lines ("entries 4-7", "batch 0/3").
+    ``describe(unit)`` names a unit in log lines ("entries 4-7", "batch 0/3").  ``return_exceptions``: a
+    request that fails for good is yielded as its :class:`RequestError` among the unit's replies (else raised).
     """
 
-    def __init__(self, client: Client, stats: JobStats, *, describe: Callable[[U], str], resubmits: int = 0,
-                 window: Optional[int] = None, timeout: Optional[float] = None) -> None:
-        if resubmits < 0:
-            raise ValueError(f"resubmits must be 0 or more, got {resubmits}")
+    def __init__(self, client: Client, stats: JobStats, *, describe: Callable[[U], str],
+                 policy: RetryPolicy = RetryPolicy(), window: Optional[int] = None, timeout: Optional[float] = None,
+                 return_exceptions: bool = False) -> None:
         self.client = client
         self.stats = stats
         self.describe = describe
-        self.resubmits = resubmits
+        self.policy = policy
         self.window = window
         self.timeout = timeout
+        self.return_exceptions = return_exceptions
 
-    def run(self, units: Iterable[tuple[U, Sequence[Request]]]) -> Generator[tuple[U, list[Reply]], None, None]:
+    def run(self, units: Iterable[tuple[U, Sequence[Request]]]
+            ) -> Generator[tuple[U, list[Union[Reply, RequestError]]], None, None]:
         """``units``: each unit with its requests, consumed lazily as the window allows."""
         sent: deque[_Pending[U]] = deque()  # units whose requests went out, in order, until they are yielded
 
@@ -150,7 +179,7 @@ class FanOut(Generic[U]):
                     self.stats.bytes_sent += frames_nbytes(payload)
                     yield service, payload
 
-        def ready() -> Iterator[tuple[U, list[Reply]]]:
+        def ready() -> Iterator[tuple[U, list[Union[Reply, RequestError]]]]:
             while sent and sent[0].complete:
                 done = sent.popleft()
                 yield done.unit, done.replies
@@ -165,31 +194,36 @@ class FanOut(Generic[U]):
                     reply = self._resubmit(pending.unit, service, payload, outcome)
                 else:
                     reply = outcome
-                self.stats.bytes_received += frames_nbytes(reply.payload)
-                self.stats.round_trips.append(reply.rtt)
+                if isinstance(reply, Reply):
+                    self.stats.bytes_received += frames_nbytes(reply.payload)
+                    self.stats.round_trips.append(reply.rtt)
                 pending.replies.append(reply)
                 yield from ready()
             yield from ready()
         finally:
             stream.close()
 
-    def _resubmit(self, unit: U, service: str, payload: Sequence[Any], error: RequestError) -> Reply:
-        """Send a request again after the broker or the client gave up on it; raise its last error if it fails
-        ``resubmits`` more times, or at once for an error that another try would not mend."""
-        for attempt in range(1, self.resubmits + 1):
-            if not isinstance(error, RESUBMITTABLE):
-                break
+    def _resubmit(self, unit: U, service: str, payload: Sequence[Any], error: RequestError
+                  ) -> Union[Reply, RequestError]:
+        """Send a request again after the broker or the client gave up on it, as the policy allows; its last
+        error when it runs out of attempts, or at once for an error that another try would not mend."""
+        policy = self.policy
+        used = policy.cost(error)
+        while policy.resubmittable(error) and used < policy.max_attempts:
             self.stats.resubmits += 1
-            log.warning("%s: request to %r failed (%s): sending it again (%d of %d)", self.describe(unit), service,
-                        error.code, attempt, self.resubmits)
+            log.warning("%s: request to %r failed (%s) after %d of %d workers: sending it again",
+                        self.describe(unit), service, error.code, used, policy.max_attempts)
             began = time.monotonic()
             try:
                 answer = self.client.request(service, payload, timeout=self.timeout)
             except RequestError as exc:
                 error = exc
+                used += policy.cost(exc)
                 continue
             return Reply(service, 0, answer, time.monotonic() - began, 1)
+        if self.return_exceptions:
+            return error
         raise error
 
 
-__all__ = ["RESUBMITTABLE", "FanOut", "JobStats", "Request"]
+__all__ = ["RESUBMITTABLE", "FanOut", "JobStats", "Request", "RetryPolicy"]

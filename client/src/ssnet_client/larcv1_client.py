@@ -14,6 +14,7 @@ failed half-way can be resumed (``resume=True``) without redoing them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -28,9 +29,10 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 import numpy as np
 
-from ssnet_client.base import Client, ClientConfig
-from ssnet_client.jobs import FanOut, JobStats
-from ssnet_common.errors import ConfigError, DataError, LArCV1Error, ProtocolError
+from ssnet_client.base import Client, ClientConfig, Reply
+from ssnet_client.jobs import FanOut, JobStats, RetryPolicy
+from ssnet_common.errors import ConfigError, DataError, EventFailed, LArCV1Error, ProtocolError, RequestError
+from ssnet_common.files import write_atomically
 from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_data.imagemeta import ImageMeta
 from ssnet_data.larcv1 import (
@@ -48,11 +50,11 @@ from ssnet_data.services import plane_service
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from ssnet_client.base import Reply
-
 log = logging.getLogger(__name__)
 
 IMAGE2D = "image2d"
+ON_ERROR = ("fail", "skip")  # what a job does with an event whose request fails for good; the first is the default
+MAX_EVENT_ATTEMPTS = 5  # workers an event's request may be given to, across resubmissions
 PREFETCH = 4  # entries read ahead, and entries queued for writing, by the background threads
 T = TypeVar("T")
 
@@ -75,6 +77,8 @@ class LArCV1JobConfig:
     checkpoint: int = 0  # entries per chunk file (0: no chunk files)
     resume: bool = False
     regions: Optional[Regions] = None  # send only these crops; write whole views, zero outside them
+    max_event_attempts: int = MAX_EVENT_ATTEMPTS
+    on_error: str = ON_ERROR[0]
     client: ClientConfig = field(default_factory=ClientConfig)
 
     def __post_init__(self) -> None:
@@ -86,6 +90,12 @@ class LArCV1JobConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.per_plane and self.batch_size != 1:
             raise ConfigError("per-plane requests send one image each: use batch size 1")
+        if self.max_event_attempts < 1:
+            raise ConfigError(f"max event attempts must be at least 1, got {self.max_event_attempts}")
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"on-error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+        if self.on_error == "skip" and self.checkpoint:
+            raise ConfigError("skipping failed events does not go with checkpoints: give one of them")
         if self.regions is not None and self.batch_size != 1:
             raise ConfigError("with regions each event's crops go as one request: use batch size 1")
         if self.start < 0 or (self.end is not None and self.end < self.start):
@@ -162,10 +172,15 @@ class SimpleLArCV1Client:
         entries = _prefetch(self.reader.iter_range(start, self.stop), PREFETCH)
         with closing(entries), Client(self.config.broker, self.config.client, registry=self.registry) as client, \
                 _BackgroundWriter(output) as writer:
-            fan: FanOut[_Batch] = FanOut(client, summary, describe=lambda batch: f"entries {_span(batch)}")
+            fan: FanOut[_Batch] = FanOut(client, summary, describe=lambda batch: f"entries {_span(batch)}",
+                                         policy=RetryPolicy(self.config.max_event_attempts), return_exceptions=True)
             units = ((batch, list(self._requests(batch))) for batch in self._batches(entries))
             for batch, replies in fan.run(units):
-                decoded = [self._decode(batch, reply) for reply in replies]
+                failed = next((reply for reply in replies if isinstance(reply, RequestError)), None)
+                if failed is not None:
+                    self._failed(batch, failed, summary)
+                    continue
+                decoded = [self._decode(batch, reply) for reply in replies if isinstance(reply, Reply)]
                 for entry, products in zip(batch.entries, _per_entry(batch, decoded)):
                     writer.write(entry, products)
                     summary.handed(1)
@@ -173,8 +188,32 @@ class SimpleLArCV1Client:
                         self.progress(summary.done + summary.resumed, total, summary.elapsed)
         if self.config.checkpoint:
             self._assemble(done_chunks + output.chunk_files)
+        if summary.skipped:
+            write_atomically(self.failed_file, json.dumps({"output": str(self.config.output),
+                                                           "skipped": summary.skipped}, indent=1).encode() + b"\n")
         summary.last = time.monotonic()
         return summary
+
+    @property
+    def failed_file(self) -> Path:
+        """Where the events skipped with ``on_error="skip"`` are listed: ``<output>.failed.json``."""
+        return Path(str(self.config.output) + ".failed.json")
+
+    def _failed(self, batch: _Batch, error: RequestError, summary: JobStats) -> None:
+        """A batch whose request failed for good: stop the job naming its events, or list them as skipped."""
+        events = []
+        for entry in batch.entries:
+            path, local = self.reader.locate(entry.entry)
+            events.append({"file": str(path), "entry": local, "run": entry.run, "subrun": entry.subrun,
+                           "event": entry.event, "error": str(error)})
+        named = "; ".join(f"event {e['run']}/{e['subrun']}/{e['event']} (file {e['file']}, entry {e['entry']})"
+                          for e in events)
+        if self.config.on_error == "fail":
+            kept = (f"; the entries before it are kept in {self.chunks}: --resume continues from there"
+                    if self.config.checkpoint else "")
+            raise EventFailed(f"{named} failed: {error}{kept}")
+        log.error("skipping %s: %s", named, error)
+        summary.skipped += events
 
     # ----------------------------------------------------------------------------------------- requests
     def _batches(self, entries: Iterator[LArCV1Entry]) -> Iterator[_Batch]:

@@ -7,6 +7,7 @@ into :class:`TransportError` where they enter our code, so callers never need to
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ErrorCode(str, enum.Enum):
@@ -80,10 +81,24 @@ class BrokerBusy(ServiceUnavailable):
     code = ErrorCode.QUEUE_FULL.value
 
 
+def worker_lost_message(workers: int, service: str) -> str:
+    """The text of the broker's ``worker_lost`` error (its count is read back by :attr:`WorkerLost.workers`)."""
+    return f"{workers} workers of service {service!r} died while processing the request"
+
+
+_WORKERS_LOST = re.compile(r": (\d+) workers of service .* died while processing the request")
+
+
 class WorkerLost(RequestError):
     """Every worker given the request died before answering (retries exhausted in the broker)."""
 
     code = ErrorCode.WORKER_LOST.value
+
+    @property
+    def workers(self) -> int:
+        """How many workers the broker gave the request to (1 when its message does not say)."""
+        match = _WORKERS_LOST.search(str(self))
+        return int(match.group(1)) if match else 1
 
 
 class WorkerError(RequestError):
@@ -110,6 +125,11 @@ def error_for(code: str, message: str, *, service: str, request_id: int) -> Requ
         kind = RequestError
     return kind(f"service {service!r}, request {request_id}: {code}: {message}", service=service,
                 request_id=request_id)
+
+
+class EventFailed(SSNetError):
+    """An event's request failed for good (its workers died, or one answered with an error); the message names
+    the event: file, entry and run/subrun/event."""
 
 
 class DataError(SSNetError):

@@ -187,6 +187,13 @@ class LArCV1Reader:
     def __iter__(self) -> Iterator[LArCV1Entry]:
         return self.iter_range()
 
+    def locate(self, index: int) -> tuple[Path, int]:
+        """The file holding global entry ``index``, and the entry's index within that file."""
+        if not 0 <= index < self._len:
+            raise LArCV1Error(f"entry {index} is out of range: the input holds {self._len} entries", **self._where())
+        source = self._sources[bisect.bisect_right([s.first for s in self._sources], index) - 1]
+        return source.path, index - source.first
+
     def iter_range(self, start: int = 0, stop: int | None = None) -> Iterator[LArCV1Entry]:
         """Entries ``start`` (included) to ``stop`` (excluded, default: the end), reading in chunks."""
         end = self._len if stop is None else stop

@@ -65,7 +65,7 @@ def place(whole: ImageMeta, crop: ImageMeta) -> Tuple[int, int]:
     """``(row0, col0)`` of a crop's meta within the whole view's (metas travel with 6 significant digits)."""
     row0 = round((whole.max_y - crop.max_y) / whole.pixel_height)
     col0 = round((crop.min_x - whole.min_x) / whole.pixel_width)
-    if not (0 <= row0 and row0 + crop.rows <= whole.rows and 0 <= col0 and col0 + crop.cols <= whole.cols):
+    if not (row0 >= 0 and row0 + crop.rows <= whole.rows and col0 >= 0 and col0 + crop.cols <= whole.cols):
         raise ValueError(f"the crop {crop.dump().strip()} does not lie within the view {whole.dump().strip()}")
     return row0, col0
 

@@ -54,6 +54,7 @@ from ssnet_common.config import (
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, WORKER_CONNECT
 from ssnet_common.rendezvous import EndpointWatcher, add_broker_options, broker_from_file
+from ssnet_data.larcv1msg import EventId
 from ssnet_worker.base import Worker, WorkerConfig
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 from ssnet_worker.tiling import STITCH_MODES
@@ -72,9 +73,20 @@ class WorkerKind:
     add_options: Optional[Callable[[EnvOptions], None]] = None
 
 
+def _event_id(text: str) -> EventId:
+    try:
+        run, subrun, event = (int(part) for part in text.split("/"))
+        return EventId(run, subrun, event)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an event is RUN/SUBRUN/EVENT (e.g. 5014/102/3002): {text!r}") from None
+
+
 def _dummy_options(options: EnvOptions) -> None:
     options.add("--dummy-delay", default=0.0, type=non_negative_float,
                 help="seconds each request takes, to simulate a network (debugging, tests)")
+    options.add("--dummy-crash-on", default=None, type=_event_id,
+                help="RUN/SUBRUN/EVENT: exit at once (status 70, no goodbye to the broker) on a request holding "
+                     "this event, as a poison event would (drills, tests)")
 
 
 def _gpu_id(text: str) -> Optional[int]:
@@ -189,7 +201,8 @@ def _make_ssnet(config: WorkerConfig, args: argparse.Namespace, registry: Collec
 KINDS: dict[str, WorkerKind] = {
     "dummy": WorkerKind(
         "replies zeros shaped like the first LArCV1 image product (original dummy worker)",
-        lambda config, args, registry: DummyLArCV1Worker(config, registry=registry, delay=args.dummy_delay),
+        lambda config, args, registry: DummyLArCV1Worker(config, registry=registry, delay=args.dummy_delay,
+                                                         crash_on=args.dummy_crash_on),
         _dummy_options,
     ),
     "echo": WorkerKind(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ssnet_common.protocol import Frame, frame_bytes, frame_len
-from ssnet_data.larcv1msg import ImageProduct, decode_images, encode_images
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
 from ssnet_worker.base import Worker
 
 log = logging.getLogger(__name__)
@@ -25,12 +26,18 @@ class DummyLArCV1Worker(Worker):
 
     OUTPUT_NAME = "dummy"
 
-    def __init__(self, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
+    CRASH_STATUS = 70  # the exit status of a crash on request (``crash_on``)
+
+    def __init__(self, *args: Any, delay: float = 0.0, crash_on: Optional[EventId] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.delay = delay  # simulated processing time per request, for debugging a deployment and for tests
+        self.crash_on = crash_on  # an event that kills the process, as a poison event would (tests, drills)
 
     def handle(self, payload: list[Frame]) -> Sequence[Frame]:
         products = decode_images(payload)
+        if self.crash_on is not None and any(self.crash_on in product.ids for product in products):
+            log.error("event %s: crashing, as --dummy-crash-on asks", self.crash_on)
+            os._exit(self.CRASH_STATUS)  # no DISCONNECT, no cleanup: what a segfault looks like to the broker
         if self.delay:
             time.sleep(self.delay)
         log.info(
