@@ -166,7 +166,7 @@ def run(slurm_conf: str, shared: Path, tmp_path_factory: pytest.TempPathFactory)
         "SLURM_CONF": slurm_conf, "PYTHONUNBUFFERED": "1",
         "SSNET_RUNNER": "native", "SSNET_SLURM_NATIVE_PATH": str(Path(sys.executable).parent),
         "SSNET_SLURM_RUN_DIR": str(run_dir), "SSNET_SLURM_JOB_PREFIX": f"ssnet-test-{os.getpid()}",
-        "SSNET_SLURM_BROKER_WAIT": "120", "SSNET_SLURM_WORKER_GPUS": str(gpus),
+        "SSNET_SLURM_BROKER_WAIT": "120", "SSNET_SLURM_SERVICE_WAIT": "120", "SSNET_SLURM_WORKER_GPUS": str(gpus),
         **{f"SSNET_SLURM_{kind}_{key}": value for kind in ("BROKER", "WORKER", "CLIENT")
            for key, value in (("PARTITION", ""), ("TIME", "00:10:00"), ("MEM", "1G"), ("CPUS", "1"))},
         "SSNET_BROKER_FRONTEND": f"tcp://*:{free_port()}", "SSNET_BROKER_BACKEND": f"tcp://*:{free_port()}",

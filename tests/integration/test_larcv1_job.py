@@ -347,12 +347,26 @@ def test_bad_input_fails_without_output(case: str, stack: Stack, samples: Path, 
     assert {p.name: p.read_bytes() for p in bad_inputs.iterdir()} == before  # nothing written, nothing changed
 
 
-def test_service_without_workers(stack: Stack, samples: Path, tmp_path: Path) -> None:
-    stack.broker("--queue-timeout", "1")
+def test_service_without_workers_fails_after_the_service_wait(stack: Stack, samples: Path, tmp_path: Path) -> None:
+    stack.broker()
     output = tmp_path / "none.root"
-    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output))
+    code, text = run_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output),
+                            "--service", "dumy", "--service-wait", "1")
     assert code == 1, text
-    assert "job failed, no output written" in text and "no worker for service 'dummy'" in text, text
+    assert "waiting for a worker of service 'dumy' (up to 1 s)" in text, text
+    assert "job failed, no output written" in text and "no worker of service 'dumy' within 1 s" in text, text
+    assert leftovers(tmp_path) == []
+
+
+def test_a_broker_that_does_not_answer_fails_the_job_at_once(samples: Path, tmp_path: Path) -> None:
+    nowhere = f"ipc://{tmp_path}/nobody"
+    result = subprocess.run(
+        [sys.executable, "-m", "ssnet_client.cli", "--broker", nowhere, "--connect-timeout", "1", "--input",
+         str(samples / SAMPLE_512), "--output", str(tmp_path / "o.root")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"broker at {nowhere} does not answer (no reply within 1 s)" in result.stderr
     assert leftovers(tmp_path) == []
 
 

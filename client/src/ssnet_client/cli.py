@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional, TextIO
 
 from ssnet_client.base import ClientConfig
-from ssnet_client.jobs import JobStats
+from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, JobStats
 from ssnet_client.larcv1_client import MAX_EVENT_ATTEMPTS, ON_ERROR, LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds to wait for a reply before sending the request again")
     options.add("--retries", default=3, type=cfg.non_negative_int,
                 help="times the client re-sends a request that gets no reply within --timeout")
+    options.add("--connect-timeout", default=CONNECT_TIMEOUT, type=cfg.positive_float,
+                help="seconds the broker has to answer before the first request; else exit 1 at once")
+    options.add("--service-wait", default=SERVICE_WAIT, type=cfg.non_negative_float,
+                help="seconds to wait for a worker of the service before the first request; else exit 1")
     options.add("--max-event-attempts", default=MAX_EVENT_ATTEMPTS, type=cfg.positive_int,
                 help="workers an event's request may be given to in all: after the broker reports its workers "
                      "lost (worker_lost) or the client gives up waiting, the job sends it again until then")
@@ -107,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
         copy_input=args.copy_input, per_plane=args.per_plane,
         compression=None if args.compression == "none" else args.compression,
         checkpoint=args.checkpoint, resume=args.resume, max_event_attempts=args.max_event_attempts,
-        on_error=args.on_error,
+        on_error=args.on_error, connect_timeout=args.connect_timeout, service_wait=args.service_wait,
         regions=None if args.regions is None else Regions.load(args.regions),
         client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window),
     )

@@ -27,8 +27,16 @@ from typing import Any, Callable, Generic, Optional, TypeVar, Union
 import numpy as np
 
 from ssnet_client.base import Client, Reply
-from ssnet_common.errors import RequestError, RequestTimeout, ServiceUnavailable, WorkerLost
-from ssnet_common.protocol import frames_nbytes
+from ssnet_common.errors import (
+    BrokerUnreachable,
+    NoSuchService,
+    RequestError,
+    RequestTimeout,
+    ServiceUnavailable,
+    WorkerLost,
+)
+from ssnet_common.protocol import MMI_FOUND, frames_nbytes
+from ssnet_common.transport import mmi_service
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,32 @@ Request = tuple[str, Sequence[Any]]  # (service, payload frames)
 RESUBMITTABLE: tuple[type[RequestError], ...] = (WorkerLost, ServiceUnavailable, RequestTimeout)
 """Errors after which a request is worth sending again (``ServiceUnavailable`` includes ``BrokerBusy`` and the
 broker's ``queue_timeout``)."""
+
+
+SERVICE_POLL = 0.5  # seconds between asking the broker whether a service has a worker yet
+CONNECT_TIMEOUT = 10.0  # seconds a broker has to answer before a job's first request
+SERVICE_WAIT = 60.0  # seconds a job waits for a worker of each service it needs
+
+
+def wait_for_service(broker: str, services: Sequence[str], *, connect_timeout: float, service_wait: float) -> None:
+    """Before a job's first request: the broker must answer within ``connect_timeout`` seconds
+    (:class:`BrokerUnreachable` otherwise), and each service must have a worker within ``service_wait`` seconds
+    (:class:`NoSuchService` otherwise; it logs that it waits)."""
+    deadline = time.monotonic() + service_wait
+    for name in services:
+        waiting = False
+        while True:
+            status = mmi_service(broker, name, connect_timeout)
+            if status is None:
+                raise BrokerUnreachable(f"broker at {broker} does not answer (no reply within {connect_timeout:g} s)")
+            if status == MMI_FOUND:
+                break
+            if not waiting:
+                log.info("waiting for a worker of service %r (up to %g s)", name, service_wait)
+                waiting = True
+            if time.monotonic() > deadline:
+                raise NoSuchService(f"no worker of service {name!r} within {service_wait:g} s", service=name)
+            time.sleep(SERVICE_POLL)  # MMI answers at once: pace the questions while workers start
 
 
 @dataclass
@@ -226,4 +260,5 @@ class FanOut(Generic[U]):
         raise error
 
 
-__all__ = ["RESUBMITTABLE", "FanOut", "JobStats", "Request", "RetryPolicy"]
+__all__ = ["CONNECT_TIMEOUT", "RESUBMITTABLE", "SERVICE_WAIT", "FanOut", "JobStats", "Request", "RetryPolicy",
+           "wait_for_service"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
-from ssnet_client.jobs import FanOut, JobStats, RetryPolicy
+from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, FanOut, JobStats, RetryPolicy, wait_for_service
 from ssnet_common.errors import ConfigError, DataError, EventFailed, LArCV1Error, ProtocolError, RequestError
 from ssnet_common.files import write_atomically
 from ssnet_common.protocol import CLIENT_CONNECT
@@ -79,6 +79,8 @@ class LArCV1JobConfig:
     regions: Optional[Regions] = None  # send only these crops; write whole views, zero outside them
     max_event_attempts: int = MAX_EVENT_ATTEMPTS
     on_error: str = ON_ERROR[0]
+    connect_timeout: float = CONNECT_TIMEOUT  # the broker must answer this soon, before the first request
+    service_wait: float = SERVICE_WAIT  # and a worker of each service needed must be there this soon
     client: ClientConfig = field(default_factory=ClientConfig)
 
     def __post_init__(self) -> None:
@@ -90,6 +92,9 @@ class LArCV1JobConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.per_plane and self.batch_size != 1:
             raise ConfigError("per-plane requests send one image each: use batch size 1")
+        if not (self.connect_timeout > 0 and self.service_wait >= 0):
+            raise ConfigError(f"connect timeout must be positive and service wait 0 or more, got "
+                              f"{self.connect_timeout}, {self.service_wait}")
         if self.max_event_attempts < 1:
             raise ConfigError(f"max event attempts must be at least 1, got {self.max_event_attempts}")
         if self.on_error not in ON_ERROR:
@@ -168,6 +173,10 @@ class SimpleLArCV1Client:
         elif self.chunks.exists():
             raise ConfigError(f"{self.chunks} holds checkpoints of an earlier run: resume it or remove it")
         total = self.stop - self.config.start
+        services = ([plane_service(self.config.service, p) for p in self._planes()] if self.config.per_plane
+                    else [self.config.service])
+        wait_for_service(self.config.broker, services, connect_timeout=self.config.connect_timeout,
+                         service_wait=self.config.service_wait)
         output = _OutputWriter(self, start)
         entries = _prefetch(self.reader.iter_range(start, self.stop), PREFETCH)
         with closing(entries), Client(self.config.broker, self.config.client, registry=self.registry) as client, \
@@ -214,6 +223,11 @@ class SimpleLArCV1Client:
             raise EventFailed(f"{named} failed: {error}{kept}")
         log.error("skipping %s: %s", named, error)
         summary.skipped += events
+
+    def _planes(self) -> list[int]:
+        """The planes of the first entry's images: the per-plane services the job needs."""
+        first = self.reader[self.config.start]
+        return sorted({image.meta.plane for p in self.config.producers for image in first.products[p]})
 
     # ----------------------------------------------------------------------------------------- requests
     def _batches(self, entries: Iterator[LArCV1Entry]) -> Iterator[_Batch]:

@@ -40,6 +40,10 @@ class TransportError(SSNetError):
     """A ZeroMQ socket operation failed (translated from ``zmq.ZMQError``)."""
 
 
+class BrokerUnreachable(TransportError):
+    """No broker answers at the endpoint (nothing listens there, or it does not speak MDP)."""
+
+
 class RequestError(SSNetError):
     """A request did not produce a result.  ``code`` is the machine-readable reason."""
 
