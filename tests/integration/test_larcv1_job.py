@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -507,3 +508,32 @@ def test_skipped_poison_event_is_listed_and_the_rest_written(stack: Stack, sampl
     assert [(e["run"], e["subrun"], e["event"], e["entry"]) for e in failed["skipped"]] == [(*poison, 2)]
     assert "worker_lost" in failed["skipped"][0]["error"]
     assert f"1 skipped: {poison[0]}/{poison[1]}/{poison[2]}" in text
+
+
+# ----------------------------------------------------------------------------------------------- signals
+def test_sigterm_stops_keeps_the_checkpoint_and_the_logged_command_resumes(
+        stack: Stack, samples: Path, manifest: Any, tmp_path: Path) -> None:
+    stack.broker()
+    stack.worker("dummy", "--dummy-delay", "0.2")
+    stack.wait_for_service("dummy")
+    output = tmp_path / "out.root"
+    run = start_client(stack, "--input", str(samples / SAMPLE_512), "--output", str(output), "--checkpoint", "2",
+                       "--window", "2")
+    chunks = tmp_path / "out.root.chunks"
+
+    def a_chunk_is_done() -> bool:
+        assert run.proc.poll() is None, f"the client ended before a checkpoint chunk was written:\n{run.text}"
+        return any(chunks.glob("entries-*.root"))
+
+    wait_until(a_chunk_is_done, 30, "a finished checkpoint chunk")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.wait() == 143, run.text
+    assert "stopped by SIGTERM: the first" in run.text and not output.exists()
+    command = re.search(r"to go on: (.*)", run.text)
+    assert command is not None, run.text
+    argv = shlex.split(command.group(1))
+    assert argv[0] == "ssnet-client" and argv[-1] == "--resume"
+    code, text = run_client(stack, *argv[1:])
+    assert code == 0, text
+    assert re.search(r"resuming after \d+ entries", text), text
+    check_dummy(dump(output), manifest[SAMPLE_512])

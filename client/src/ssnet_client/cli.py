@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +13,14 @@ from typing import Any, Optional, TextIO
 
 from ssnet_client.base import ClientConfig
 from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, JobStats
-from ssnet_client.larcv1_client import MAX_EVENT_ATTEMPTS, ON_ERROR, LArCV1JobConfig, SimpleLArCV1Client
+from ssnet_client.larcv1_client import (
+    DRAIN_TIMEOUT,
+    MAX_EVENT_ATTEMPTS,
+    ON_ERROR,
+    JobInterrupted,
+    LArCV1JobConfig,
+    SimpleLArCV1Client,
+)
 from ssnet_common import config as cfg
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 from ssnet_common.protocol import CLIENT_CONNECT
@@ -50,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds the broker has to answer before the first request; else exit 1 at once")
     options.add("--service-wait", default=SERVICE_WAIT, type=cfg.non_negative_float,
                 help="seconds to wait for a worker of the service before the first request; else exit 1")
+    options.add("--drain-timeout", default=DRAIN_TIMEOUT, type=cfg.non_negative_float,
+                help="on SIGTERM or SIGINT: stop sending, wait this long for the replies in flight, keep what is "
+                     "done in the checkpoint chunks and exit 143 or 130, logging the command that resumes")
     options.add("--max-event-attempts", default=MAX_EVENT_ATTEMPTS, type=cfg.positive_int,
                 help="workers an event's request may be given to in all: after the broker reports its workers "
                      "lost (worker_lost) or the client gives up waiting, the job sends it again until then")
@@ -112,17 +124,25 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
         compression=None if args.compression == "none" else args.compression,
         checkpoint=args.checkpoint, resume=args.resume, max_event_attempts=args.max_event_attempts,
         on_error=args.on_error, connect_timeout=args.connect_timeout, service_wait=args.service_wait,
+        drain_timeout=args.drain_timeout,
         regions=None if args.regions is None else Regions.load(args.regions),
         client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window),
     )
 
 
-def run_job(job: Callable[[], tuple[str, JobStats]]) -> int:
+def run_job(job: Callable[[], tuple[str, JobStats]], again: Optional[Sequence[str]] = None) -> int:
     """Run a LArCV1 job, log its summary or why it failed, and return the exit status: 0 done, 1 failed,
-    2 bad options or input, 3 done but events were skipped (``--on-error skip``), 130 interrupted.  ``job``
-    returns the output path and the summary."""
+    2 bad options or input, 3 done but events were skipped (``--on-error skip``), 128 + the signal when stopped
+    by one (143 SIGTERM, 130 SIGINT).  ``job`` returns the output path and the summary; ``again``: the job's
+    command line, for the command that resumes a stopped job."""
     try:
         output, summary = job()
+    except JobInterrupted as exc:
+        log.warning("%s", exc)
+        if again is not None:
+            resume = ["--resume"] if exc.resumable and "--resume" not in again else []
+            log.warning("to go on: %s", shlex.join([*again, *resume]))
+        return 128 + exc.signum
     except (ConfigError, LArCV1Error) as exc:
         log.error("%s", exc)
         return 2
@@ -161,9 +181,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                     else ProgressReport(args.progress, sys.stderr))
         log.info("processing entries [%d, %d) of %s through service %r at %s", config.start, client.stop,
                  ", ".join(config.inputs), config.service, config.broker)
+        for signum in (signal.SIGTERM, signal.SIGINT):  # scancel and preemption send SIGTERM
+            signal.signal(signum, lambda number, frame: client.request_stop(number))
         return config.output, client.run()
 
-    return run_job(job)
+    return run_job(job, ["ssnet-client", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

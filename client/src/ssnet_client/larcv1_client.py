@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -31,7 +32,15 @@ import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
 from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, FanOut, JobStats, RetryPolicy, wait_for_service
-from ssnet_common.errors import ConfigError, DataError, EventFailed, LArCV1Error, ProtocolError, RequestError
+from ssnet_common.errors import (
+    ConfigError,
+    DataError,
+    EventFailed,
+    LArCV1Error,
+    ProtocolError,
+    RequestError,
+    SSNetError,
+)
 from ssnet_common.files import write_atomically
 from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_data.imagemeta import ImageMeta
@@ -55,8 +64,19 @@ log = logging.getLogger(__name__)
 IMAGE2D = "image2d"
 ON_ERROR = ("fail", "skip")  # what a job does with an event whose request fails for good; the first is the default
 MAX_EVENT_ATTEMPTS = 5  # workers an event's request may be given to, across resubmissions
+DRAIN_TIMEOUT = 60.0  # seconds a stopped job waits for the replies in flight
 PREFETCH = 4  # entries read ahead, and entries queued for writing, by the background threads
 T = TypeVar("T")
+
+
+class JobInterrupted(SSNetError):
+    """The job was asked to stop (SIGTERM, SIGINT): ``signum``; the message says what was kept, and ``resumable``
+    whether checkpoint chunks let ``--resume`` go on from there."""
+
+    def __init__(self, signum: int, kept: str, *, resumable: bool) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}: {kept}")
+        self.signum = signum
+        self.resumable = resumable
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,7 @@ class LArCV1JobConfig:
     on_error: str = ON_ERROR[0]
     connect_timeout: float = CONNECT_TIMEOUT  # the broker must answer this soon, before the first request
     service_wait: float = SERVICE_WAIT  # and a worker of each service needed must be there this soon
+    drain_timeout: float = DRAIN_TIMEOUT  # after a stop request: seconds to wait for the replies in flight
     client: ClientConfig = field(default_factory=ClientConfig)
 
     def __post_init__(self) -> None:
@@ -152,6 +173,16 @@ class SimpleLArCV1Client:
         if self.stop <= config.start:
             raise ConfigError(f"no entries to process: range [{config.start}, {self.stop}) of {total} entries")
         self.chunks = Path(str(config.output) + ".chunks")
+        self._stopping = threading.Event()
+        self._stop_asked = 0.0
+        self.stop_signal: Optional[int] = None
+
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stop sending (safe from a signal handler): the job waits up to ``drain_timeout`` for the replies in
+        flight, keeps what it has in checkpoint chunks, and raises :class:`JobInterrupted`."""
+        if not self._stopping.is_set():
+            self.stop_signal, self._stop_asked = signum, time.monotonic()
+            self._stopping.set()
 
     @classmethod
     def from_product_dict(cls, inputs: Sequence[str], output: str,
@@ -185,6 +216,9 @@ class SimpleLArCV1Client:
                                          policy=RetryPolicy(self.config.max_event_attempts), return_exceptions=True)
             units = ((batch, list(self._requests(batch))) for batch in self._batches(entries))
             for batch, replies in fan.run(units):
+                if self._stopping.is_set() and time.monotonic() > self._stop_asked + self.config.drain_timeout:
+                    log.warning("stopping: replies still in flight after %g s are abandoned", self.config.drain_timeout)
+                    break
                 failed = next((reply for reply in replies if isinstance(reply, RequestError)), None)
                 if failed is not None:
                     self._failed(batch, failed, summary)
@@ -195,6 +229,14 @@ class SimpleLArCV1Client:
                     summary.handed(1)
                     if self.progress is not None:
                         self.progress(summary.done + summary.resumed, total, summary.elapsed)
+            if self._stopping.is_set() and not self.config.checkpoint:
+                raise JobInterrupted(self.stop_signal or signal.SIGTERM, "no checkpoint was asked for "
+                                     "(--checkpoint N): nothing is kept, the job starts over", resumable=False)
+        if self._stopping.is_set():
+            kept = summary.resumed + summary.done
+            raise JobInterrupted(self.stop_signal or signal.SIGTERM, f"the first {kept} entries are kept in "
+                                 f"{len(done_chunks) + len(output.chunk_files)} checkpoint chunk(s) in {self.chunks}",
+                                 resumable=True)
         if self.config.checkpoint:
             self._assemble(done_chunks + output.chunk_files)
         if summary.skipped:
@@ -235,6 +277,8 @@ class SimpleLArCV1Client:
         batch: list[LArCV1Entry] = []
         layout: Optional[tuple[Any, ...]] = None
         for entry in entries:
+            if self._stopping.is_set():
+                return  # stop sending; what is in flight drains
             shape = _layout(entry)
             if batch and (shape != layout or len(batch) == self.config.batch_size or not shape):
                 yield _Batch(batch)
