@@ -6,6 +6,7 @@ Endpoints are ``ipc://`` paths in a private temporary directory; readiness is ch
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -113,6 +115,19 @@ class Stack:
 
         for group in (others, brokers):
             stop(group, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def manifest(shared: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per sample file of ``../shared/data/larcv1``, the manifest's entries of producer ``wire``."""
+    document = json.loads((shared / "data" / "larcv1" / "manifest.json").read_text())
+    return {name: item["producers"]["wire"]["entries"] for name, item in document["files"].items()}
+
+
+@pytest.fixture(scope="module")
+def samples(shared: Path) -> Path:
+    """The shared LArCV1 sample files' directory."""
+    return shared / "data" / "larcv1"
 
 
 @pytest.fixture

@@ -119,16 +119,6 @@ def leftovers(directory: Path, *expected: str) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name not in expected)
 
 
-@pytest.fixture(scope="module")
-def manifest(shared: Path) -> dict[str, list[dict[str, Any]]]:
-    """Per sample file, the manifest's entries of producer ``wire``."""
-    document = json.loads((shared / "data" / "larcv1" / "manifest.json").read_text())
-    return {name: item["producers"]["wire"]["entries"] for name, item in document["files"].items()}
-
-
-@pytest.fixture(scope="module")
-def samples(shared: Path) -> Path:
-    return shared / "data" / "larcv1"
 
 
 def dummy_stack(stack: Stack) -> None:
