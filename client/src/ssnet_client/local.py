@@ -94,28 +94,55 @@ def worker_commands(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
     return args.kind, [command for command in per_plane for _ in range(args.workers)]
 
 
+class LocalStack:
+    """A broker and its workers, processes of this machine on private ``ipc://`` endpoints under ``root``;
+    workers may join at any time (:meth:`add_worker`), and the broker may be started again on the same endpoints."""
+
+    def __init__(self, root: Path, heartbeat: float, log_level: str) -> None:
+        self.root = root
+        self.frontend, self.backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
+        self.common = ["--heartbeat-interval", str(heartbeat), "--log-level", log_level]
+        self.brokers: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start_broker(self, *extra: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "ssnet_broker", "--frontend", self.frontend,
+                                 "--backend", self.backend, *self.common, *extra])
+        self.brokers.append(proc)
+        return proc
+
+    def add_worker(self, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", self.backend, *argv,
+                                 *self.common])
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        stop(self.workers)  # workers first, so they can say goodbye to the broker
+        stop(self.brokers)
+
+
+@contextmanager
+def local_stack(heartbeat: float, log_level: str) -> Iterator[LocalStack]:
+    """A :class:`LocalStack` in a temporary directory, stopped and removed on leaving."""
+    stack = LocalStack(Path(tempfile.mkdtemp(prefix="ssnet-local-")), heartbeat, log_level)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(stack.root, ignore_errors=True)
+
+
 @contextmanager
 def services(
     workers: list[list[str]], heartbeat: float, log_level: str
 ) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """A broker and one worker per argument list on private endpoints; yields (frontend, worker processes)."""
-    root = Path(tempfile.mkdtemp(prefix="ssnet-local-"))
-    frontend, backend = f"ipc://{root}/frontend", f"ipc://{root}/backend"
-    common = ["--heartbeat-interval", str(heartbeat), "--log-level", log_level]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ssnet_broker", "--frontend", frontend, "--backend", backend, *common]))
-        worker_procs = [
-            subprocess.Popen([sys.executable, "-m", "ssnet_worker", "--broker", backend, *argv, *common])
-            for argv in workers
-        ]
-        procs += worker_procs
-        yield frontend, worker_procs
-    finally:
-        stop(procs[1:])  # workers first, so they can say goodbye to the broker
-        stop(procs[:1])
-        shutil.rmtree(root, ignore_errors=True)
+    with local_stack(heartbeat, log_level) as stack:
+        stack.start_broker()
+        for argv in workers:
+            stack.add_worker(argv)
+        yield stack.frontend, list(stack.workers)
 
 
 def stop(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15.0) -> None:
