@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import zmq
 
 from ssnet_client import Client, ClientConfig, NoSuchService
 from ssnet_common import protocol as mdp
@@ -187,3 +188,50 @@ def test_a_mistyped_service_fails_within_the_unknown_service_timeout(stack: Stac
             pytest.raises(NoSuchService, match="none has offered it; waited 1 s"):
         client.request("ehco", [b"x"])
     assert time.monotonic() - began < 10  # not the 300 s queue timeout
+
+
+def vm_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_a_flood_of_hostile_messages_leaves_the_broker_up_bounded_and_routing(stack: Stack) -> None:
+    """Garbage on both sockets and requests to 100,000 distinct service names: the broker holds at most
+    --max-services services, refuses the rest at once, grows by at most 100 MB and still routes."""
+    port = free_port()
+    broker = stack.broker(metrics_port=port)
+    stack.worker("echo")
+    stack.wait_for_service("echo")
+    before = vm_rss_mib(broker.pid)
+    context = zmq.Context()
+    try:
+        front, back = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
+        front.connect(stack.frontend)
+        back.connect(stack.backend)
+        answers = 0
+        for n in range(100_000):
+            if n % 50 == 0:  # garbage: not MDP at all, a wrong protocol, a worker command from a stranger
+                front.send_multipart([b"junk", bytes([n % 256])])
+                back.send_multipart([b"", b"MDPW02", b"\x09"])
+                back.send_multipart([b"", b"MDPW02", b"\x04"])
+            front.send_multipart(mdp.ClientRequest(f"flood{n}", [b"x"]).encode())
+            while front.poll(0):
+                front.recv_multipart()
+                answers += 1
+        while front.poll(2000):  # the refusals still on their way
+            front.recv_multipart()
+            answers += 1
+        front.close(linger=0)
+        back.close(linger=0)
+    finally:
+        context.term()
+    assert broker.poll() is None
+    with Client(stack.frontend, ClientConfig(timeout=10, retries=0)) as client:
+        assert frame_bytes(client.request("echo", [b"still here"])[0]) == b"still here"
+    samples = scrape(port)
+    held = samples[("ssnet_broker_services", ())]
+    rejected = samples[("ssnet_broker_rejected_requests_total", (("bound", "max_services"),))]
+    assert held <= 1000 and rejected >= 90_000 and answers >= rejected  # some expire (10 s) during the flood
+    assert samples[("ssnet_broker_malformed_messages_total", (("side", "client"),))] >= 2000
+    growth = vm_rss_mib(broker.pid) - before
+    assert growth <= 100, f"the broker grew by {growth:.0f} MB"

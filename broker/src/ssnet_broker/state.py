@@ -216,7 +216,7 @@ class BrokerState:
         if refused is not None:
             bound, why = refused
             self.counters.rejected[bound] += 1
-            return [self._fail(request, Outcome.QUEUE_FULL, why, now)]
+            return [self._fail(request, Outcome.QUEUE_FULL, why, now, quiet=True)]
         service = self._service(message.service)
         if request.key is not None:
             self.pending.add(request.key)
@@ -392,9 +392,13 @@ class BrokerState:
         if request.key is not None:
             self.pending.discard(request.key)
 
-    def _fail(self, request: Request, outcome: Outcome, message: str, now: float) -> Outgoing:
+    def _fail(self, request: Request, outcome: Outcome, message: str, now: float, *, quiet: bool = False
+              ) -> Outgoing:
+        """The error reply for ``request``; ``quiet``: logged at DEBUG only (refusals a flood may cause by the
+        thousand: the metrics count them)."""
         self._forget(request)
-        log.warning("request of client %s for %r failed: %s", request.client.hex(), request.service, message)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "request of client %s for %r failed: %s",
+                request.client.hex(), request.service, message)
         self._finished(request, outcome, now)
         reply = mdp.broker_error(request.message, outcome.value, message)
         return Outgoing(Side.CLIENT, request.client, reply.encode())
