@@ -118,7 +118,8 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data(
     assert project("run", "--rm", "client", timeout=300, check=False).returncode == 0
 
     # A worker lost with a request in hand: a `sleep` worker takes a 3 s request and is killed; the broker drops
-    # it (expiration), re-queues the request (requeue), and a second sleep worker answers it.
+    # it (unreachable at its next send, or expired), re-queues the request (requeue), and a second sleep worker
+    # answers it.
     sleeper = f"{project.project}-sleep-1"
     project("run", "--detach", "--name", sleeper, "-e", "SSNET_WORKER_KIND=sleep", "worker", timeout=120)
     replies: list[object] = []
@@ -153,7 +154,8 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data(
     except AssertionError:
         raise AssertionError(f"dashboard queries without data: {missing}") from None
     assert has_data(port, 'sum(ssnet_broker_requeues_total{service="sleep"}) == 1')
-    assert has_data(port, 'sum(ssnet_broker_worker_expirations_total{service="sleep"}) == 1')
+    assert has_data(port, 'sum(ssnet_broker_worker_expirations_total{service="sleep"}) '
+                          '+ sum(ssnet_broker_worker_unreachable_total{service="sleep"}) == 1')  # dropped once
     assert has_data(port, 'sum(ssnet_broker_requests_total{service="sleep",outcome="worker_error"}) == 1')
     assert has_data(port, 'count(ssnet_worker_inference_seconds_count{job="worker"}) == 6')  # 2 workers x 3 planes
     docker("rm", "-f", f"{project.project}-sleep-2", check=False)

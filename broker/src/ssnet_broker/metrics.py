@@ -130,7 +130,8 @@ class BrokerCollector:
         for direction, count in (("received", counters.heartbeats_received), ("sent", counters.heartbeats_sent)):
             if count:
                 heartbeats.add_metric([direction], count, created)
-        for family, totals in ((expirations, counters.expirations), (requeues, counters.requeues)):
+        for family, totals in ((expirations, counters.expirations), (requeues, counters.requeues),
+                               (unreachable, counters.unreachable)):
             for label in [*totals, *(name for name in sorted(state.registered) if name not in totals)]:
                 family.add_metric([label], totals[label], created)
         # the loop's own totals (its ints are read without the lock: reading an int is atomic)
@@ -139,8 +140,6 @@ class BrokerCollector:
                 traffic.add_metric([direction], count, created)
         for side, count in self.traffic.malformed.items():
             malformed.add_metric([side], count, created)
-        for label, count in counters.unreachable.items():
-            unreachable.add_metric([label], count, created)
         for bound in ("max_queue", "max_queued", "max_services"):
             rejected.add_metric([bound], counters.rejected[bound], created)
         services.add_metric([], len(state.services))
