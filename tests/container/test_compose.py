@@ -123,7 +123,8 @@ def test_a_failing_client_fails_the_stack(compose_factory: Callable[..., Compose
 
 def test_a_worker_killed_mid_run_loses_nothing(compose_factory: Callable[..., Compose], tmp_path: Path) -> None:
     """10 events through 2 dummy workers that take 1.5 s each; one is `docker kill`ed while it processes its
-    second request: the broker drops it (unreachable, or silent) and re-queues that request, and the output is complete and exact."""
+    second request: the broker drops it (unreachable, or silent) and re-queues that request, and the output is
+    complete and exact."""
     data = shared_or_skip("data", "larcv1")
     project = compose_factory(SSNET_WORKER_KIND="dummy", SSNET_WORKER_DUMMY_DELAY="1.5",
                               SSNET_HEARTBEAT_INTERVAL="0.5", SSNET_DATA_DIR=str(data),
