@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ssnet_common import rendezvous as rv
+from ssnet_common.backoff import JITTER
 from ssnet_common.errors import ConfigError
 from ssnet_data.larcv1 import LArCV1Reader, list_image2d_producers
 
@@ -134,7 +135,8 @@ def test_wait_times_out_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(rv.BrokerNotFound, match="within 10 s: the file does not exist yet"):
         rv.wait_for_broker(tmp_path / "broker.json", 10, clock=clock, sleep=clock.sleep)
     assert clock.now == pytest.approx(10)
-    assert clock.sleeps[0] == rv.POLL_MIN and max(clock.sleeps) <= rv.POLL_MAX  # backs off, bounded
+    assert (1 - JITTER) * rv.POLL_MIN <= clock.sleeps[0] <= rv.POLL_MIN and max(clock.sleeps) <= rv.POLL_MAX
+    assert max(clock.sleeps) > rv.POLL_MIN  # backs off, bounded, with jitter
 
 
 def test_a_stale_file_is_not_trusted_and_its_replacement_is_used(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from ssnet_common.protocol import (
     result_body,
 )
 
-CONFIG = ClientConfig(timeout=10.0, retries=2, window=3, busy_backoff=1.0, busy_backoff_max=3.0)
+CONFIG = ClientConfig(timeout=10.0, retries=2, window=3, busy_backoff=1.0, busy_backoff_max=3.0, jitter=0.0)
 
 
 def make(config: ClientConfig = CONFIG, **kwargs: object) -> RequestTracker:
@@ -271,8 +271,10 @@ def test_result_during_back_off_completes_the_request() -> None:
 
 
 def test_backoff_schedule() -> None:
-    config = ClientConfig(busy_backoff=0.5, busy_backoff_max=3.0)
+    config = ClientConfig(busy_backoff=0.5, busy_backoff_max=3.0, jitter=0.0)
     assert [config.backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    jittered = ClientConfig(busy_backoff=0.5, busy_backoff_max=3.0)
+    assert all(0.8 * want <= jittered.backoff(n) <= want for n, want in zip(range(1, 6), [0.5, 1, 2, 3, 3]))
 
 
 # -------------------------------------------------------------------------------------------- errors
@@ -327,7 +329,8 @@ def test_cancel_forgets_everything_outstanding() -> None:
     "kwargs",
     [
         {"timeout": 0}, {"timeout": -1.0}, {"timeout": float("inf")}, {"timeout": float("nan")},
-        {"retries": -1}, {"window": 0}, {"busy_backoff": 0}, {"busy_backoff_max": -1}, {"linger": -0.5},
+        {"retries": -1}, {"window": 0}, {"busy_backoff": 0}, {"busy_backoff_max": -1}, {"jitter": 1.0},
+        {"linger": -0.5},
     ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, float]) -> None:

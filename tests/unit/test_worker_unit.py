@@ -19,7 +19,7 @@ from ssnet_common.protocol import (
 )
 from ssnet_data.imagemeta import ImageMeta
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
-from ssnet_worker.base import Backoff, Liveness, Worker, WorkerConfig
+from ssnet_worker.base import Liveness, Worker, WorkerConfig
 from ssnet_worker.cli import KINDS, build_parser, config_from_args, main
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 
@@ -52,24 +52,6 @@ def product(name: str, shape: tuple[int, int, int], dtype: str, first_event: int
 
 
 # ------------------------------------------------------------------------------------------- timers
-def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
-    backoff = Backoff(1.0, 32.0)
-    assert [backoff.next_delay() for _ in range(8)] == [1, 2, 4, 8, 16, 32, 32, 32]
-    backoff.reset()
-    assert [backoff.next_delay() for _ in range(3)] == [1, 2, 4]
-
-
-def test_backoff_with_a_cap_between_steps() -> None:
-    backoff = Backoff(0.5, 3.0)
-    assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-
-
-@pytest.mark.parametrize(("minimum", "maximum"), [(0.0, 1.0), (2.0, 1.0), (-1.0, 4.0)])
-def test_backoff_rejects_bad_bounds(minimum: float, maximum: float) -> None:
-    with pytest.raises(ValueError):
-        Backoff(minimum, maximum)
-
-
 def test_liveness_schedule() -> None:
     live = Liveness(interval=2.5, liveness=3, now=100.0)
     assert not live.heartbeat_due(102.4)

@@ -43,6 +43,7 @@ from typing import (
 import zmq
 
 from ssnet_common import transport
+from ssnet_common.backoff import JITTER, backoff_delay
 from ssnet_common.errors import (
     ConfigError,
     ErrorCode,
@@ -96,7 +97,8 @@ class ClientConfig:
     ``retries``: how many times a request may be re-sent, after a timeout or a ``queue_full`` answer.
     ``window``: how many requests :meth:`Client.imap` keeps submitted and not yet handed to the caller.
     ``busy_backoff`` / ``busy_backoff_max``: after the n-th ``queue_full`` answer to a request, wait
-    ``busy_backoff * 2**(n-1)`` seconds (at most ``busy_backoff_max``) before sending it again.
+    ``busy_backoff * 2**(n-1)`` seconds (at most ``busy_backoff_max``), less up to ``jitter`` of it at random
+    (:mod:`ssnet_common.backoff`), before sending it again.
     ``linger``: seconds unsent messages may keep :meth:`Client.close` waiting.
     """
 
@@ -105,12 +107,15 @@ class ClientConfig:
     window: int = 8
     busy_backoff: float = 0.5
     busy_backoff_max: float = 10.0
+    jitter: float = JITTER
     linger: float = 0.0
 
     def __post_init__(self) -> None:
         _positive_finite("timeout", self.timeout)
         _positive_finite("busy_backoff", self.busy_backoff)
         _positive_finite("busy_backoff_max", self.busy_backoff_max)
+        if not 0 <= self.jitter < 1:
+            raise ConfigError(f"jitter must be in [0, 1), got {self.jitter!r}")
         if self.retries < 0:
             raise ConfigError(f"retries must be 0 or more, got {self.retries!r}")
         if self.window < 1:
@@ -120,7 +125,8 @@ class ClientConfig:
 
     def backoff(self, busy_answers: int) -> float:
         """Seconds to wait before re-sending a request that got its ``busy_answers``-th ``queue_full``."""
-        return float(min(self.busy_backoff * 2.0 ** max(busy_answers - 1, 0), self.busy_backoff_max))
+        return backoff_delay(busy_answers, self.busy_backoff, max(self.busy_backoff, self.busy_backoff_max),
+                             jitter=self.jitter)
 
 
 @dataclass(frozen=True)

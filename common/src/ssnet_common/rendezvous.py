@@ -22,8 +22,8 @@ What makes this robust on a shared (NFS, Lustre, GPFS) filesystem:
   run again) the same wait happens again: nothing is cached between runs.
 * **Caches.**  NFS clients cache attributes and directory entries (``actimeo``, typically 3 to 60 s), so a file
   written on one node may appear on another only that much later; each poll opens the file anew (close-to-open
-  consistency) and the wait timeout should be minutes, not seconds.  Polls back off from 0.5 s to 5 s so that
-  thousands of waiting client jobs do not load the metadata server.
+  consistency) and the wait timeout should be minutes, not seconds.  Polls back off from 0.5 s to 5 s, with
+  jitter, so that thousands of waiting client jobs do not load the metadata server in lockstep.
 * **Following the broker.**  A long-lived worker that found its broker through the file keeps an eye on it
   (:class:`EndpointWatcher`, every 10 s): when the file names another broker (a new run) or is gone (the broker
   stopped cleanly), the worker finishes its request and stops, and its job script decides whether to start
@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from ssnet_common.backoff import Backoff
 from ssnet_common.config import EnvOptions, endpoint, non_negative_float, positive_float
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.files import write_atomically
@@ -227,7 +228,7 @@ def wait_for_broker(
     time) and answers on its frontend; return what the file says.  Raises :class:`BrokerNotFound`, with the
     last reason the file was not used, after ``timeout`` seconds."""
     deadline = clock() + timeout
-    delay = poll_min
+    backoff = Backoff(poll_min, poll_max, factor=1.5)
     reason = ""
     log.info("waiting up to %g s for a broker in endpoint file %s", timeout, path)
     while True:
@@ -253,8 +254,7 @@ def wait_for_broker(
         remaining = deadline - clock()
         if remaining <= 0:
             raise BrokerNotFound(f"no broker found through endpoint file {path} within {timeout:g} s: {reason}")
-        sleep(min(delay, remaining))
-        delay = min(delay * 1.5, poll_max)
+        sleep(min(backoff.next_delay(), remaining))
 
 
 class EndpointWatcher:

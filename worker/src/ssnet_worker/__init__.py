@@ -7,11 +7,11 @@ class owns the broker connection, heartbeats, reconnects, shutdown and metrics. 
 
 from __future__ import annotations
 
-from ssnet_worker.base import Backoff, Liveness, Worker, WorkerConfig
+from ssnet_worker.base import Liveness, Worker, WorkerConfig
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backoff", "DummyLArCV1Worker", "EchoWorker", "Liveness", "SleepWorker", "Worker", "WorkerConfig",
+    "DummyLArCV1Worker", "EchoWorker", "Liveness", "SleepWorker", "Worker", "WorkerConfig",
 ]

@@ -17,9 +17,9 @@ next heartbeat, liveness deadline or reconnect.
 
 Connections.  Every connection has a generation number and every job remembers the generation it came from.
 When the broker has been silent for ``heartbeat_liveness * heartbeat_interval`` seconds, or sends DISCONNECT,
-the socket is closed and a new one is opened after a backoff (1 s, 2 s, 4 s ... ``reconnect_max``; back to the
-start once the broker speaks again).  A reply that finishes after its connection was replaced is dropped with
-a log line: the broker has re-queued that request already.
+the socket is closed and a new one is opened after a backoff (about 1 s, 2 s, 4 s ... ``reconnect_max``, with
+jitter: :mod:`ssnet_common.backoff`; back to the start once the broker speaks again).  A reply that finishes
+after its connection was replaced is dropped with a log line: the broker has re-queued that request already.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 import zmq
 from prometheus_client import CollectorRegistry
 
+from ssnet_common.backoff import Backoff
 from ssnet_common.errors import ConfigError, ErrorCode, ProtocolError, TransportError
 from ssnet_common.metrics import serve_metrics
 from ssnet_common.protocol import (
@@ -129,26 +130,6 @@ class WorkerConfig:
 
 
 # ------------------------------------------------------------------------------------- pure timer state
-class Backoff:
-    """Reconnect delays: ``minimum``, doubling each time, capped at ``maximum``; :meth:`reset` starts over."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        if not 0 < minimum <= maximum:
-            raise ValueError(f"need 0 < minimum <= maximum, got {minimum}, {maximum}")
-        self.minimum = minimum
-        self.maximum = maximum
-        self._next = minimum
-
-    def next_delay(self) -> float:
-        """The delay to wait now; the following call returns twice as much (up to ``maximum``)."""
-        delay = self._next
-        self._next = min(delay * 2, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.minimum
-
-
 class Liveness:
     """Heartbeat schedule and broker liveness of one connection.  Pure: every method takes the clock."""
 
