@@ -533,7 +533,7 @@ class _Session:
         if self.stop_level:
             log.warning("%s: connection closed while stopping", reason)
         else:
-            log.warning("%s: reconnecting in %g s", reason, delay)
+            log.warning("%s: reconnecting in %.1f s", reason, delay)
 
     def _send(self, frames: list[Frame]) -> bool:
         conn = self.conn
