@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ssnet_common import protocol as mdp
+from ssnet_common.curve import CurveKeys
 from ssnet_common.transport import mmi_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,12 +86,13 @@ class Stack:
         self.procs.append((name, proc))
         return proc
 
-    def broker(self, *extra: str, metrics_port: int = 0) -> subprocess.Popen[bytes]:
+    def broker(self, *extra: str, metrics_port: int = 0, curve: CurveKeys | None = None) -> subprocess.Popen[bytes]:
+        """A broker, up once it answers an MMI round trip (``curve``: the keys to ask with, for a CURVE broker)."""
         proc = self.spawn("broker", [
             "-m", "ssnet_broker", "--frontend", self.frontend, "--backend", self.backend,
             "--heartbeat-interval", str(self.heartbeat), "--metrics-port", str(metrics_port), *extra,
         ])
-        wait_until(lambda: mmi_service(self.frontend, "ping", timeout=0.5) is not None, 20, "the broker")
+        wait_until(lambda: mmi_service(self.frontend, "ping", 0.5, curve) is not None, 20, "the broker")
         return proc
 
     def worker(self, kind: str, *extra: str, service: str | None = None, name: str | None = None,

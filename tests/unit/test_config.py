@@ -289,7 +289,7 @@ def test_add_common_options_defaults() -> None:
     options = make(prefix="SSNET_BROKER_")
     add_common_options(options)
     args = options.parser.parse_args([])
-    assert (args.log_level, args.metrics_port, args.metrics_addr) == ("INFO", 0, "0.0.0.0")
+    assert (args.log_level, args.metrics_port, args.metrics_addr) == ("INFO", 0, "127.0.0.1")  # not open to all
 
 
 def test_add_common_options_from_environment() -> None:

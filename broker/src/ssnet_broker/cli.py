@@ -11,6 +11,7 @@ from ssnet_broker.broker import Broker, BrokerConfig
 from ssnet_broker.state import Limits
 from ssnet_common import config as cfg
 from ssnet_common import protocol as mdp
+from ssnet_common.curve import add_server_options, server_keys
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.rendezvous import BrokerEndpoint, EndpointPublisher
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "gets an error reply at once")
     options.add("--max-attempts", default=limits.max_attempts, type=cfg.positive_int,
                 help="workers a request may be given to, in all, when its workers die before answering")
+    add_server_options(options)
     options.add("--endpoint-file", default=None,
                 help="once the broker answers, write where it listens (host, tcp://host:port endpoints, metrics "
                      "port, pid, start time, run id) to this JSON file, atomically, for ssnet-worker/ssnet-client "
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg.configure_logging(args.log_level, "ssnet-broker")
+    try:
+        curve, authorized = server_keys(args.curve_secret, args.curve_clients, args.curve_workers)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     config = BrokerConfig(
         frontend=args.frontend,
         backend=args.backend,
@@ -77,6 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ),
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
+        curve=curve,
+        authorized=authorized,
     )
     try:
         registry = None
@@ -94,7 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.endpoint_file:  # written by a thread once the broker answers on its advertised frontend
             endpoint = BrokerEndpoint.create(config.frontend, config.backend, host=args.advertise_host,
                                              metrics_port=config.metrics_port)
-            publisher = EndpointPublisher(args.endpoint_file, endpoint, lambda message: broker.stop()).start()
+            publisher = EndpointPublisher(args.endpoint_file, endpoint, lambda message: broker.stop(),
+                                          probe=broker.probe).start()
         try:
             broker.run()
         finally:

@@ -93,7 +93,10 @@ class BrokerCollector:
                                        labels=["bound"])
         services = GaugeMetricFamily("ssnet_broker_services", "Services held: with workers or waiting requests")
         limits = GaugeMetricFamily("ssnet_broker_limit", "The broker's bounds (options), by name", labels=["limit"])
-        added = [unreachable, rejected, services, limits]
+        auth_failures = CounterMetricFamily("ssnet_broker_auth_failures_total",
+                                            "Connections refused by CURVE (no CURVE, a bad or unknown key), by side",
+                                            labels=["side"])
+        added = [unreachable, rejected, services, limits, auth_failures]
         if now is None:
             [latency], [queue_wait] = self.latency.describe(), self.queue_wait.describe()
             return [workers, queued, heartbeat_age, requests, latency, queue_wait, heartbeats, expirations,
@@ -145,5 +148,7 @@ class BrokerCollector:
         services.add_metric([], len(state.services))
         for name, value in sorted(asdict(state.limits).items()):
             limits.add_metric([name], float(value))
+        for side in ("client", "worker"):
+            auth_failures.add_metric([side], self.traffic.auth_failures[side], created)
         return [workers, queued, heartbeat_age, requests, *self.latency.collect(), *self.queue_wait.collect(),
                 heartbeats, expirations, requeues, traffic, malformed, *added]

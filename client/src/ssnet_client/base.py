@@ -44,6 +44,7 @@ import zmq
 
 from ssnet_common import transport
 from ssnet_common.backoff import JITTER, backoff_delay
+from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import (
     ConfigError,
     ErrorCode,
@@ -100,6 +101,7 @@ class ClientConfig:
     ``busy_backoff * 2**(n-1)`` seconds (at most ``busy_backoff_max``), less up to ``jitter`` of it at random
     (:mod:`ssnet_common.backoff`), before sending it again.
     ``linger``: seconds unsent messages may keep :meth:`Client.close` waiting.
+    ``curve``: this client's key pair and the broker's public key (CURVE); None talks in the clear.
     """
 
     timeout: float = 120.0
@@ -109,6 +111,7 @@ class ClientConfig:
     busy_backoff_max: float = 10.0
     jitter: float = JITTER
     linger: float = 0.0
+    curve: Optional[CurveKeys] = None
 
     def __post_init__(self) -> None:
         _positive_finite("timeout", self.timeout)
@@ -403,6 +406,8 @@ class Client:
                 # No send high-water mark: what is queued is bounded by the windows and retries, and a send
                 # must never block while the broker is away.
                 self._socket.setsockopt(zmq.SNDHWM, 0)
+                if self.config.curve is not None:
+                    self.config.curve.client_side(self._socket)
             transport.connect(self._socket, endpoint)
         except BaseException:
             self._socket.close(linger=0)

@@ -22,6 +22,7 @@ from ssnet_client.larcv1_client import (
     SimpleLArCV1Client,
 )
 from ssnet_common import config as cfg
+from ssnet_common.curve import add_peer_options, peer_keys
 from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
 from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_common.rendezvous import add_broker_options, broker_from_file
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     options = cfg.EnvOptions(parser, "SSNET_CLIENT_")
     add_broker_options(options, CLIENT_CONNECT, "broker frontend endpoint")
+    add_peer_options(options)
     options.add("--service", default="dummy", help="service to send the images to (e.g. dummy, echo, ssnet)")
     options.add("--input", default=None, nargs="+", help="input LArCV1 file(s), read as one sequence of entries")
     options.add("--output", default=None, help="output LArCV1 file (written at the end, atomically)")
@@ -126,7 +128,8 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
         on_error=args.on_error, connect_timeout=args.connect_timeout, service_wait=args.service_wait,
         drain_timeout=args.drain_timeout,
         regions=None if args.regions is None else Regions.load(args.regions),
-        client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window),
+        client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window,
+                            curve=peer_keys(args.curve_secret, args.curve_server)),
     )
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Generic, Optional, TypeVar, Union
 import numpy as np
 
 from ssnet_client.base import Client, Reply
+from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import (
     BrokerUnreachable,
     NoSuchService,
@@ -53,7 +54,8 @@ CONNECT_TIMEOUT = 10.0  # seconds a broker has to answer before a job's first re
 SERVICE_WAIT = 60.0  # seconds a job waits for a worker of each service it needs
 
 
-def wait_for_service(broker: str, services: Sequence[str], *, connect_timeout: float, service_wait: float) -> None:
+def wait_for_service(broker: str, services: Sequence[str], *, connect_timeout: float, service_wait: float,
+                     curve: Optional[CurveKeys] = None) -> None:
     """Before a job's first request: the broker must answer within ``connect_timeout`` seconds
     (:class:`BrokerUnreachable` otherwise), and each service must have a worker within ``service_wait`` seconds
     (:class:`NoSuchService` otherwise; it logs that it waits)."""
@@ -61,9 +63,12 @@ def wait_for_service(broker: str, services: Sequence[str], *, connect_timeout: f
     for name in services:
         waiting = False
         while True:
-            status = mmi_service(broker, name, connect_timeout)
+            status = mmi_service(broker, name, connect_timeout, curve)
             if status is None:
-                raise BrokerUnreachable(f"broker at {broker} does not answer (no reply within {connect_timeout:g} s)")
+                hint = ("; with CURVE, check that --curve-server is the broker's public key and that the broker "
+                        "authorizes this client's key" if curve is not None else "")
+                raise BrokerUnreachable(f"broker at {broker} does not answer (no reply within {connect_timeout:g} s)"
+                                        f"{hint}")
             if status == MMI_FOUND:
                 break
             if not waiting:

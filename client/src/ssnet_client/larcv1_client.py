@@ -207,7 +207,7 @@ class SimpleLArCV1Client:
         services = ([plane_service(self.config.service, p) for p in self._planes()] if self.config.per_plane
                     else [self.config.service])
         wait_for_service(self.config.broker, services, connect_timeout=self.config.connect_timeout,
-                         service_wait=self.config.service_wait)
+                         service_wait=self.config.service_wait, curve=self.config.client.curve)
         output = _OutputWriter(self, start)
         entries = _prefetch(self.reader.iter_range(start, self.stop), PREFETCH)
         with closing(entries), Client(self.config.broker, self.config.client, registry=self.registry) as client, \

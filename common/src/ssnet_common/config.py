@@ -25,6 +25,7 @@ from typing import Any, Callable, NoReturn, Optional
 import configargparse
 
 from ssnet_common.errors import ConfigError
+from ssnet_common.protocol import METRICS_ADDR
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -194,7 +195,8 @@ def add_common_options(options: EnvOptions) -> None:
         help="serve Prometheus metrics over HTTP on this port (0: no metrics endpoint)",
     )
     options.add(
-        "--metrics-addr", default="0.0.0.0", help="address the metrics endpoint listens on",
+        "--metrics-addr", default=METRICS_ADDR,
+        help="address the metrics endpoint listens on (0.0.0.0: every interface, for a Prometheus elsewhere)",
     )
 
 

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ssnet_common.errors import ConfigError
+from ssnet_common.protocol import METRICS_ADDR
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -18,7 +19,7 @@ LATENCY_BUCKETS = (
 )
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+def serve_metrics(registry: CollectorRegistry, port: int, addr: str = METRICS_ADDR) -> None:
     """Serve ``registry`` on ``http://addr:port/metrics`` from a daemon thread; ``port`` 0 means off."""
     if not port:
         return

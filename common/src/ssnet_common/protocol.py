@@ -131,6 +131,7 @@ FRONTEND_BIND = "tcp://*:5559"  # where the broker takes clients
 BACKEND_BIND = "tcp://*:5560"  # where the broker takes workers
 CLIENT_CONNECT = "tcp://localhost:5559"  # a client's default broker
 WORKER_CONNECT = "tcp://localhost:5560"  # a worker's default broker
+METRICS_ADDR = "127.0.0.1"  # where metrics endpoints listen unless told otherwise (compose opens them to its network)
 
 
 # --------------------------------------------------------------------------------------------- MDP/Client

@@ -46,6 +46,7 @@ from typing import Any, Callable, Optional, Union
 
 from ssnet_common.backoff import Backoff
 from ssnet_common.config import EnvOptions, endpoint, non_negative_float, positive_float
+from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.files import write_atomically
 from ssnet_common.transport import mmi_service
@@ -206,9 +207,9 @@ def remove_endpoint_file(path: PathLike, run_id: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- liveness
-def probe_broker(frontend: str, timeout: float = PROBE_TIMEOUT) -> bool:
+def probe_broker(frontend: str, timeout: float = PROBE_TIMEOUT, curve: Optional[CurveKeys] = None) -> bool:
     """Whether a broker answers an MMI request (``mmi.service``) on ``frontend`` within ``timeout`` seconds."""
-    return mmi_service(frontend, PROBE_SERVICE.decode("ascii"), timeout) is not None
+    return mmi_service(frontend, PROBE_SERVICE.decode("ascii"), timeout, curve) is not None
 
 
 # --------------------------------------------------------------------------------------------- waiting

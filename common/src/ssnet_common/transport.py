@@ -14,6 +14,7 @@ from typing import Iterator, Optional, Sequence
 import zmq
 
 from ssnet_common import protocol as mdp
+from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import ProtocolError, TransportError
 from ssnet_common.protocol import Frame
 
@@ -56,15 +57,19 @@ def connect(socket: zmq.Socket, endpoint: str) -> None:  # type: ignore[type-arg
         socket.connect(endpoint)
 
 
-def mmi_service(frontend: str, service: str, timeout: float = 1.0) -> Optional[bytes]:
+def mmi_service(frontend: str, service: str, timeout: float = 1.0, curve: Optional[CurveKeys] = None
+                ) -> Optional[bytes]:
     """Ask the broker on ``frontend`` whether ``service`` has workers (RFC 8, ``mmi.service``), on a socket of its
     own: ``MMI_FOUND`` (b"200"), ``MMI_NOT_FOUND`` (b"404"), or None without an answer within ``timeout`` seconds
-    (no broker there yet, or not an MDP broker).  The one "is the broker / the service there yet" probe."""
+    (no broker there yet, not an MDP broker, or one that refuses our CURVE key).  The one "is the broker / the
+    service there yet" probe."""
     context = zmq.Context()
     try:
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
+            if curve is not None:
+                curve.client_side(sock)
             sock.connect(frontend)
             sock.send_multipart(mdp.ClientRequest(mdp.MMI_SERVICE, [service.encode("ascii")]).encode())
             if not sock.poll(max(1, int(timeout * 1000))):

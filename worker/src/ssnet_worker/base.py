@@ -39,11 +39,13 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from ssnet_common.backoff import Backoff
+from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import ConfigError, ErrorCode, ProtocolError, TransportError
 from ssnet_common.metrics import serve_metrics
 from ssnet_common.protocol import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
+    METRICS_ADDR,
     WORKER_CONNECT,
     BodyKind,
     Disconnect,
@@ -91,8 +93,9 @@ class WorkerConfig:
     reconnect_min: float = 1.0
     reconnect_max: float = 32.0
     metrics_port: int = 0
-    metrics_addr: str = "0.0.0.0"
+    metrics_addr: str = METRICS_ADDR
     shutdown_linger: float = 2.0
+    curve: Optional[CurveKeys] = None  # this worker's key pair and the broker's public key (CURVE); None: clear
 
     def __post_init__(self) -> None:
         try:
@@ -506,6 +509,8 @@ class _Session:
             with zmq_errors("set socket options"):
                 # A send never blocks the loop for long: at worst a heartbeat interval, then it counts as failed.
                 sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.config.heartbeat_interval * 1000)))
+                if self.config.curve is not None:
+                    self.config.curve.client_side(sock)
             connect(sock, self.config.broker)
         except TransportError:
             sock.close(linger=0)

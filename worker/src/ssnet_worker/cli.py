@@ -51,6 +51,7 @@ from ssnet_common.config import (
     positive_float,
     positive_int,
 )
+from ssnet_common.curve import add_peer_options, peer_keys
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, WORKER_CONNECT
 from ssnet_common.rendezvous import EndpointWatcher, add_broker_options, broker_from_file
@@ -250,6 +251,7 @@ def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentP
     )
     options = EnvOptions(parser, "SSNET_WORKER_")
     add_broker_options(options, WORKER_CONNECT, "broker endpoint for workers")
+    add_peer_options(options)
     options.add("--kind", default="dummy", type=_kind_name, help=f"worker kind ({', '.join(KINDS)})")
     options.add("--service", default=None, help="service name to register (default: the kind's name)")
     options.add(
@@ -282,6 +284,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         reconnect_max=args.reconnect_max,
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
+        curve=peer_keys(args.curve_secret, args.curve_server),
     )
 
 
