@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,25 @@ def test_ssnet_keys_creates_and_shows(tmp_path: Path) -> None:
     assert shown.stdout.strip() == load_public(tmp_path / "k" / "alice.key").decode()
     again = keys_command("create", str(tmp_path / "k"), "alice")
     assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
+def test_the_endpoint_file_carries_the_broker_key(stack: Stack, keys: Keys, samples: Path, tmp_path: Path) -> None:
+    """Workers and clients that find the broker through its endpoint file take its public key from there: they
+    need only their own key pair."""
+    endpoint_file = tmp_path / "broker.json"
+    stack.broker(*keys.broker_args, "--endpoint-file", str(endpoint_file), curve=keys.pair("client"))
+    wait_until(endpoint_file.exists, 20, "the endpoint file")
+    assert json.loads(endpoint_file.read_text())["curve_public"] == load_public(keys.public("broker")).decode()
+    worker = ["-m", "ssnet_worker", "--broker-file", str(endpoint_file), "--kind", "dummy",
+              "--curve-secret", str(keys.secret("worker")), "--heartbeat-interval", str(stack.heartbeat)]
+    stack.spawn("worker-from-file", worker)
+    wait_until(lambda: mmi_service(stack.frontend, "dummy", 1.0, keys.pair("client")) == mdp.MMI_FOUND, 30,
+               "the worker found through the file")
+    output = tmp_path / "out.root"
+    result = subprocess.run(
+        [sys.executable, "-m", "ssnet_client.cli", "--broker-file", str(endpoint_file), "--input",
+         str(samples / SAMPLE_512), "--output", str(output), "--curve-secret", str(keys.secret("client"))],
+        capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert output.is_file()

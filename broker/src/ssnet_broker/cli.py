@@ -102,7 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         publisher = None
         if args.endpoint_file:  # written by a thread once the broker answers on its advertised frontend
             endpoint = BrokerEndpoint.create(config.frontend, config.backend, host=args.advertise_host,
-                                             metrics_port=config.metrics_port)
+                                             metrics_port=config.metrics_port,
+                                             curve_public=None if curve is None else curve.public)
             publisher = EndpointPublisher(args.endpoint_file, endpoint, lambda message: broker.stop(),
                                           probe=broker.probe).start()
         try:

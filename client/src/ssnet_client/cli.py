@@ -114,7 +114,8 @@ class ProgressReport:
                      "--:--" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)))
 
 
-def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
+def config_from_args(args: argparse.Namespace, server_key: Optional[bytes] = None) -> LArCV1JobConfig:
+    """The job from parsed options; ``server_key``: the broker's CURVE public key from its endpoint file."""
     if not args.input:
         raise ConfigError("no input file: give --input FILE (or SSNET_CLIENT_INPUT)")
     if not args.output:
@@ -129,7 +130,7 @@ def config_from_args(args: argparse.Namespace) -> LArCV1JobConfig:
         drain_timeout=args.drain_timeout,
         regions=None if args.regions is None else Regions.load(args.regions),
         client=ClientConfig(timeout=args.timeout, retries=args.retries, window=args.window,
-                            curve=peer_keys(args.curve_secret, args.curve_server)),
+                            curve=peer_keys(args.curve_secret, args.curve_server, server_key)),
     )
 
 
@@ -171,7 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         found = broker_from_file(args)  # --broker-file: wait for the broker's endpoint file
         if found is not None:
             args.broker = found.frontend
-        config = config_from_args(args)
+        config = config_from_args(
+            args, None if found is None or found.curve_public is None else found.curve_public.encode("ascii"))
         registry = None
         if args.metrics_port:
             from prometheus_client import CollectorRegistry

@@ -44,9 +44,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+import zmq
+
+from ssnet_common import protocol as mdp
 from ssnet_common.backoff import Backoff
 from ssnet_common.config import EnvOptions, endpoint, non_negative_float, positive_float
-from ssnet_common.curve import CurveKeys
+from ssnet_common.curve import CurveKeys, load_secret
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_common.files import write_atomically
 from ssnet_common.transport import mmi_service
@@ -85,16 +88,18 @@ class BrokerEndpoint:
     pid: int
     started: float
     format: str = FORMAT
+    curve_public: Optional[str] = None  # the broker's CURVE public key (Z85) when it runs with CURVE
 
     @classmethod
     def create(cls, frontend: str, backend: str, *, host: Optional[str] = None, metrics_port: int = 0,
-               started: Optional[float] = None) -> BrokerEndpoint:
+               started: Optional[float] = None, curve_public: Optional[bytes] = None) -> BrokerEndpoint:
         """The endpoint of a broker in this process that bound ``frontend``/``backend`` (``tcp://*:5559``...):
         wildcard addresses are replaced by ``host`` (default: this machine's host name)."""
         host = host or socket.gethostname()
         return cls(
             run_id=uuid.uuid4().hex, host=host, frontend=advertised(frontend, host), backend=advertised(backend, host),
             metrics_port=metrics_port, pid=os.getpid(), started=time.time() if started is None else started,
+            curve_public=None if curve_public is None else curve_public.decode("ascii"),
         )
 
     @property
@@ -134,9 +139,13 @@ class BrokerEndpoint:
             _check_connectable(data[name], name)
         if not 0 <= data["metrics_port"] <= 65535:
             raise RendezvousError(f"metrics_port out of range: {data['metrics_port']}")
+        curve_public = data.get("curve_public")
+        if curve_public is not None and not (isinstance(curve_public, str) and len(curve_public) == 40):
+            raise RendezvousError(f"field 'curve_public' is not a Z85 public key: {curve_public!r}")
         return cls(
             run_id=data["run_id"], host=data["host"], frontend=data["frontend"], backend=data["backend"],
             metrics_port=data["metrics_port"], pid=data["pid"], started=float(data["started"]),
+            curve_public=curve_public,
         )
 
 
@@ -208,11 +217,34 @@ def remove_endpoint_file(path: PathLike, run_id: str) -> bool:
 
 # --------------------------------------------------------------------------------------------- liveness
 def probe_broker(frontend: str, timeout: float = PROBE_TIMEOUT, curve: Optional[CurveKeys] = None) -> bool:
-    """Whether a broker answers an MMI request (``mmi.service``) on ``frontend`` within ``timeout`` seconds."""
-    return mmi_service(frontend, PROBE_SERVICE.decode("ascii"), timeout, curve) is not None
+    """Whether a broker answers on ``frontend`` within ``timeout`` seconds: an MMI round trip (``mmi.service``).
+
+    With ``curve``, a refusal of our key also proves the broker holding ``curve.server`` is there (a worker's key
+    is not a client key, yet a worker waits for its broker the same way)."""
+    if curve is None:
+        return mmi_service(frontend, PROBE_SERVICE.decode("ascii"), timeout) is not None
+    context = zmq.Context()
+    try:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        curve.client_side(sock)
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        try:
+            sock.connect(frontend)
+            sock.send_multipart(mdp.ClientRequest(mdp.MMI_SERVICE, [PROBE_SERVICE]).encode())
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
+            return bool(poller.poll(max(1, int(timeout * 1000))))
+        finally:
+            monitor.close(linger=0)
+            sock.close(linger=0)
+    except zmq.ZMQError:
+        return False
+    finally:
+        context.term()
 
 
-# --------------------------------------------------------------------------------------------- waiting
 def wait_for_broker(
     path: PathLike,
     timeout: float,
@@ -224,10 +256,12 @@ def wait_for_broker(
     poll_max: float = POLL_MAX,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    identity: Optional[tuple[bytes, bytes]] = None,
 ) -> BrokerEndpoint:
     """Wait until the endpoint file at ``path`` names a broker that started at or after ``not_before`` (Unix
     time) and answers on its frontend; return what the file says.  Raises :class:`BrokerNotFound`, with the
-    last reason the file was not used, after ``timeout`` seconds."""
+    last reason the file was not used, after ``timeout`` seconds.  ``identity``: our CURVE key pair (public,
+    secret); the broker's public key comes from the file."""
     deadline = clock() + timeout
     backoff = Backoff(poll_min, poll_max, factor=1.5)
     reason = ""
@@ -244,7 +278,11 @@ def wait_for_broker(
             if info.started < not_before:
                 now_reason = (f"it names {info.describe()}, older than the --broker-not-before time "
                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(not_before))}")
-            elif probe(info.frontend, max(0.001, min(probe_timeout, deadline - clock()))):
+            elif identity is not None and info.curve_public is None:
+                now_reason = f"it names {info.describe()}, which runs without CURVE, but a CURVE key was given"
+            elif (probe(info.frontend, max(0.001, min(probe_timeout, deadline - clock()))) if identity is None
+                  else probe_broker(info.frontend, max(0.001, min(probe_timeout, deadline - clock())),
+                                    CurveKeys(*identity, server=(info.curve_public or "").encode("ascii")))):
                 log.info("found %s: frontend %s, backend %s", info.describe(), info.frontend, info.backend)
                 return info
             else:
@@ -383,7 +421,9 @@ def broker_from_file(args: Any) -> Optional[BrokerEndpoint]:
     """The broker named by ``args.broker_file`` (waited for), or None without a broker file."""
     if not args.broker_file:
         return None
-    found: BrokerEndpoint = wait_for_broker(args.broker_file, args.broker_wait, not_before=args.broker_not_before)
+    identity = None if getattr(args, "curve_secret", None) is None else load_secret(args.curve_secret)
+    found: BrokerEndpoint = wait_for_broker(args.broker_file, args.broker_wait, not_before=args.broker_not_before,
+                                            identity=identity)
     return found
 
 

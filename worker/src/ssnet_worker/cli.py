@@ -273,8 +273,9 @@ def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentP
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> WorkerConfig:
-    """The frozen worker configuration from parsed options; :class:`ConfigError` if they do not fit together."""
+def config_from_args(args: argparse.Namespace, server_key: Optional[bytes] = None) -> WorkerConfig:
+    """The frozen worker configuration from parsed options; :class:`ConfigError` if they do not fit together.
+    ``server_key``: the broker's CURVE public key when its endpoint file gave it."""
     return WorkerConfig(
         service=args.service if args.service is not None else args.kind,
         broker=args.broker,
@@ -284,7 +285,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         reconnect_max=args.reconnect_max,
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
-        curve=peer_keys(args.curve_secret, args.curve_server),
+        curve=peer_keys(args.curve_secret, args.curve_server, server_key),
     )
 
 
@@ -299,7 +300,8 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
         found = broker_from_file(args)  # --broker-file: wait for the broker's endpoint file
         if found is not None:
             args.broker = found.backend
-        config = config_from_args(args)
+        server_key = None if found is None or found.curve_public is None else found.curve_public.encode("ascii")
+        config = config_from_args(args, server_key)
         worker = KINDS[args.kind].factory(config, args, CollectorRegistry())
         log.info("starting %s worker for service %r, broker %s", args.kind, config.service, config.broker)
         if found is None:
