@@ -65,9 +65,40 @@ ssnet_binds() {
     echo "$SSNET_SLURM_RUN_DIR"
     [ "$kind" != worker ] || [ -z "${SSNET_WORKER_SSNET_MODEL_DIR:-}" ] || echo "$SSNET_WORKER_SSNET_MODEL_DIR:$SSNET_WORKER_SSNET_MODEL_DIR:ro"
     [ "$kind" != client ] || printf '%s\n' ${ssnet_client_binds[@]+"${ssnet_client_binds[@]}"}
+    [ "$SSNET_SLURM_CURVE" != 1 ] || echo "$SSNET_SLURM_KEY_DIR"
     IFS=, read -r -a item <<< "$SSNET_SLURM_BIND"
     printf '%s\n' ${item[@]+"${item[@]}"}
   } | awk -F: 'NF && !seen[$1]++'
+}
+
+# ssnet_curve_keys KIND: with SSNET_SLURM_CURVE=1 (the default), make the user's CURVE key pairs on first use
+# (broker, client, worker, under the private SSNET_SLURM_KEY_DIR; one job makes them, under a lock) and point
+# KIND's service at them: the broker admits only the user's client key as a client and worker key as a worker;
+# workers and clients take the broker's public key from its endpoint file.
+ssnet_curve_keys() {
+  local kind=$1 dir=$SSNET_SLURM_KEY_DIR name
+  [ "$SSNET_SLURM_CURVE" = 1 ] || { ssnet_log "CURVE off (SSNET_SLURM_CURVE=$SSNET_SLURM_CURVE): talking in the clear"; return 0; }
+  (umask 077 && mkdir -p "$dir/private") || ssnet_die "cannot make the key directory $dir" 2
+  chmod 700 "$dir" "$dir/private"
+  mkdir -p "$dir/clients" "$dir/workers" && chmod 755 "$dir/clients" "$dir/workers"
+  (
+    flock 9 || ssnet_log "warning: cannot lock $dir/.lock: going on"
+    for name in broker client worker; do
+      if [ ! -e "$dir/private/$name.key_secret" ]; then
+        ssnet_command "$kind" ssnet-keys create "$dir/private" "$name"
+        "${SSNET_CMD[@]}" >/dev/null || ssnet_die "could not create the CURVE key $name in $dir/private" 2
+        ssnet_log "made the CURVE key pair $name in $dir/private"
+      fi
+    done
+    [ -e "$dir/clients/client.key" ] || cp "$dir/private/client.key" "$dir/clients/client.key"
+    [ -e "$dir/workers/worker.key" ] || cp "$dir/private/worker.key" "$dir/workers/worker.key"
+  ) 9>"$dir/.lock"
+  case $kind in
+    broker) export SSNET_BROKER_CURVE_SECRET=$dir/private/broker.key_secret SSNET_BROKER_CURVE_CLIENTS=$dir/clients \
+              SSNET_BROKER_CURVE_WORKERS=$dir/workers ;;
+    worker) export SSNET_WORKER_CURVE_SECRET=$dir/private/worker.key_secret ;;
+    client) export SSNET_CLIENT_CURVE_SECRET=$dir/private/client.key_secret ;;
+  esac
 }
 
 # ssnet_command KIND COMMAND ARGS...: set SSNET_CMD to the command line that runs COMMAND for KIND with the

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -167,6 +168,7 @@ def run(slurm_conf: str, shared: Path, tmp_path_factory: pytest.TempPathFactory)
         "SSNET_RUNNER": "native", "SSNET_SLURM_NATIVE_PATH": str(Path(sys.executable).parent),
         "SSNET_SLURM_RUN_DIR": str(run_dir), "SSNET_SLURM_JOB_PREFIX": f"ssnet-test-{os.getpid()}",
         "SSNET_SLURM_BROKER_WAIT": "120", "SSNET_SLURM_SERVICE_WAIT": "120", "SSNET_SLURM_WORKER_GPUS": str(gpus),
+        "SSNET_SLURM_KEY_DIR": str(run_dir / "keys"),  # CURVE on (the default): the keys are made on first use
         **{f"SSNET_SLURM_{kind}_{key}": value for kind in ("BROKER", "WORKER", "CLIENT")
            for key, value in (("PARTITION", ""), ("TIME", "00:10:00"), ("MEM", "1G"), ("CPUS", "1"))},
         "SSNET_BROKER_FRONTEND": f"tcp://*:{free_port()}", "SSNET_BROKER_BACKEND": f"tcp://*:{free_port()}",
@@ -256,6 +258,15 @@ def test_clients_started_before_the_broker_waited_without_trusting_a_stale_file(
     assert run.broker_endpoint.host == socket.gethostname()  # the broker's node, advertised by name
     assert run.broker_endpoint.frontend == run.cluster.env["SSNET_BROKER_FRONTEND"].replace("*", socket.gethostname())
     assert run.broker_endpoint.metrics_port == int(run.cluster.env["SSNET_BROKER_METRICS_PORT"])
+
+
+def test_the_jobs_made_the_users_keys_and_ran_with_curve(run: Run) -> None:
+    keys = run.cluster.run_dir / "keys"
+    assert stat.S_IMODE(os.stat(keys).st_mode) == 0o700
+    for name in ("broker", "client", "worker"):
+        assert stat.S_IMODE(os.stat(keys / "private" / f"{name}.key_secret").st_mode) == 0o600
+    assert "broker up (CURVE)" in run.cluster.log(f"broker-{run.broker}")
+    assert run.broker_endpoint.curve_public is not None
 
 
 def test_cancelled_worker_stopped_cleanly_and_no_event_was_lost(run: Run) -> None:

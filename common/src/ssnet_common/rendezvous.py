@@ -279,7 +279,9 @@ def wait_for_broker(
                 now_reason = (f"it names {info.describe()}, older than the --broker-not-before time "
                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(not_before))}")
             elif identity is not None and info.curve_public is None:
-                now_reason = f"it names {info.describe()}, which runs without CURVE, but a CURVE key was given"
+                answers = probe(info.frontend, max(0.001, min(probe_timeout, deadline - clock())))
+                now_reason = (f"it names {info.describe()}, which runs without CURVE, but a CURVE key was given"
+                              if answers else f"it names {info.describe()}, which does not answer on {info.frontend}")
             elif (probe(info.frontend, max(0.001, min(probe_timeout, deadline - clock()))) if identity is None
                   else probe_broker(info.frontend, max(0.001, min(probe_timeout, deadline - clock())),
                                     CurveKeys(*identity, server=(info.curve_public or "").encode("ascii")))):
