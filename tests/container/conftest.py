@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ssnet_common.curve import CurveKeys, peer_keys
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 IMAGES = ("ssnet-broker:latest", "ssnet-client:latest", "ssnet-worker:cpu")
@@ -108,8 +110,9 @@ class Compose:
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SSNET_", "COMPOSE_"))}
+        self.key_dir = out_dir.parent / f"{out_dir.name}-keys"  # made by the project's `keys` service
         env.update(SSNET_OUT_DIR=str(out_dir), SSNET_BROKER_PORT="127.0.0.1:0", SSNET_PROMETHEUS_PORT="127.0.0.1:0",
-                   SSNET_GRAFANA_PORT="127.0.0.1:0")
+                   SSNET_GRAFANA_PORT="127.0.0.1:0", SSNET_KEY_DIR=str(self.key_dir))
         if os.getuid() == 0:  # the .env user (1000) writes the output: give it the directory
             os.chown(out_dir, DEFAULT_UID, DEFAULT_UID)
             self.uid = DEFAULT_UID
@@ -132,6 +135,12 @@ class Compose:
         text = self(*args, timeout=60).stdout.strip()
         rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
         return sorted((row["Name"] for row in rows), key=lambda name: (len(name), name))
+
+    def client_keys(self) -> CurveKeys:
+        """The project's client key pair and broker key, as a client on this machine uses them."""
+        keys = peer_keys(self.key_dir / "private" / "client.key_secret", self.key_dir / "private" / "broker.key")
+        assert keys is not None
+        return keys
 
     def port(self, service: str, port: int) -> int:
         return int(self("port", service, str(port), timeout=60).stdout.strip().rsplit(":", 1)[1])

@@ -123,7 +123,7 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data(
     sleeper = f"{project.project}-sleep-1"
     project("run", "--detach", "--name", sleeper, "-e", "SSNET_WORKER_KIND=sleep", "worker", timeout=120)
     replies: list[object] = []
-    with Client(frontend, ClientConfig(timeout=60, retries=0)) as client:
+    with Client(frontend, ClientConfig(timeout=60, retries=0, curve=project.client_keys())) as client:
         wait_until(lambda: client.has_service("sleep"), 60, "the sleep worker to register")
         asker = threading.Thread(target=lambda: replies.append(client.request("sleep", [b"3"])))
         asker.start()
@@ -138,6 +138,7 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_query_has_data(
             client.request("sleep", [b"not a number"])
     malformed = zmq.Context.instance().socket(zmq.DEALER)  # a malformed message, dropped and counted
     try:
+        project.client_keys().client_side(malformed)  # an authorized client (a stranger is refused before that)
         malformed.connect(frontend)
         malformed.send_multipart([b"", b"not MDP"])
     finally:

@@ -1,7 +1,8 @@
 """The broker's container health check: ``python3 -m ssnet_broker.health``; exit status 0 healthy, 1 not.
 
 An RFC 8 (MMI) round trip to the broker's own frontend: the endpoint it binds, ``SSNET_BROKER_FRONTEND`` (default
-``tcp://*:5559``), with a wildcard host replaced by ``127.0.0.1``.
+``tcp://*:5559``), with a wildcard host replaced by ``127.0.0.1``; with CURVE (``SSNET_BROKER_CURVE_SECRET``),
+asked as the broker itself.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 from typing import Optional, Sequence
 
 from ssnet_common import config as cfg
+from ssnet_common.curve import CurveKeys, load_secret
+from ssnet_common.errors import ConfigError
 from ssnet_common.health import add_timeout_option, verdict
 from ssnet_common.protocol import FRONTEND_BIND
 from ssnet_common.rendezvous import probe_broker
@@ -32,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     options = cfg.EnvOptions(parser, "SSNET_BROKER_")
     options.add("--frontend", default=FRONTEND_BIND, type=cfg.endpoint,
                 help="the broker's frontend bind address (a wildcard host is checked on 127.0.0.1)")
+    options.add("--curve-secret", default=None,
+                help="the broker's CURVE secret key file, when it runs with CURVE: the check asks as the broker "
+                     "itself, a key it always admits")
     add_timeout_option(options, "the answer")
     return parser
 
@@ -39,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     frontend = local_endpoint(args.frontend)
-    if probe_broker(frontend, args.timeout):
+    keys = None
+    if args.curve_secret is not None:
+        try:
+            public, secret = load_secret(args.curve_secret)
+        except ConfigError as exc:
+            return verdict(False, str(exc))
+        keys = CurveKeys(public, secret, server=public)
+    if probe_broker(frontend, args.timeout, keys):
         return verdict(True, f"broker answers MMI on {frontend}")
     return verdict(False, f"no MMI answer from {frontend} within {args.timeout:g} s")
 

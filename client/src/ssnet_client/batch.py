@@ -44,6 +44,7 @@ import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
 from ssnet_client.jobs import FanOut, JobStats, RetryPolicy
+from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import (
     ConfigError,
     NoSuchService,
@@ -194,6 +195,7 @@ class BatchClient:
     gave up on it (:class:`~ssnet_client.jobs.RetryPolicy`).
     ``discover_timeout``: how long to wait for the service's first worker.
     ``client``: a :class:`Client` to use (default: one of our own, closed by :meth:`close`).
+    ``curve``: this client's CURVE key pair and the broker's public key (:func:`ssnet_common.curve.peer_keys`).
 
     Use it from one thread (as :class:`Client`).  Iterating twice starts the schedule again; :attr:`stats`
     accumulates over every iteration.
@@ -220,6 +222,7 @@ class BatchClient:
         max_attempts: int = 5,
         discover_timeout: float = 60.0,
         client: Optional[Client] = None,
+        curve: Optional[CurveKeys] = None,
         registry: Optional[CollectorRegistry] = None,
         context: Optional[zmq.Context[Any]] = None,
     ) -> None:
@@ -249,7 +252,7 @@ class BatchClient:
         self._info: Optional[DatasetInfo] = None
         self._own_client = client is None
         self.client = client if client is not None else Client(
-            broker, ClientConfig(timeout=timeout, retries=retries), registry=registry, context=context,
+            broker, ClientConfig(timeout=timeout, retries=retries, curve=curve), registry=registry, context=context,
         )
 
     # ---------------------------------------------------------------------------------------------- info
