@@ -1,6 +1,7 @@
-"""Transport benchmark: one 3-plane 512x512 float32 event echoed, three ways, in one run.
+"""Transport benchmark: one 3-plane 512x512 float32 event echoed, four ways, in one run.
 
-1. through the broker: ``Client`` → ``ssnet-broker`` → ``EchoWorker`` and back (the production path);
+1. through the broker: ``Client`` → ``ssnet-broker`` → ``EchoWorker`` and back (the production path), in the
+   clear and with CURVE (Curve25519 authentication and encryption on both hops: what encryption costs);
 2. direct: a DEALER sending the same codec frames to a ROUTER echo server (no broker: the floor);
 3. pickle: the list of arrays pickled over REQ/REP (what a naive design would do).
 
@@ -22,12 +23,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import zmq
 
 from ssnet_client import Client, ClientConfig
-from ssnet_client.local import services, stop, wait_for_workers
+from ssnet_client.local import local_stack, services, stop, wait_for_workers
+from ssnet_common.curve import CurveKeys, create_keys, peer_keys
 from ssnet_data.ndarray import decode_arrays, encode_arrays
 
 EVENT = [np.random.default_rng(seed).random((512, 512), dtype=np.float32) for seed in range(3)]
@@ -61,8 +64,9 @@ def timed(events: int, one: Callable[[], None]) -> list[float]:
     return times
 
 
-def through_broker(frontend: str, events: int, window: int) -> tuple[list[float], float]:
-    with Client(frontend, ClientConfig(timeout=60, retries=0, window=window)) as client:
+def through_broker(frontend: str, events: int, window: int, curve: Optional[CurveKeys] = None
+                   ) -> tuple[list[float], float]:
+    with Client(frontend, ClientConfig(timeout=60, retries=0, window=window, curve=curve)) as client:
         payload = encode_arrays(EVENT)
 
         def one() -> None:
@@ -123,10 +127,26 @@ def main() -> None:
     baselines = [subprocess.Popen([sys.executable, __file__, "--serve", kind, where], env=env)
                  for kind, where in (("router", router), ("rep", rep))]
     try:
-        with services([["--kind", "echo"]], heartbeat=2.5, log_level="WARNING") as (frontend, workers):
+        keys = root / "keys"
+        for name in ("broker", "client", "worker"):
+            create_keys(keys / "private", name)
+        for side, name in (("clients", "client"), ("workers", "worker")):
+            (keys / side).mkdir(mode=0o755)
+            shutil.copy(keys / "private" / f"{name}.key", keys / side)
+        broker_key = keys / "private" / "broker.key"
+        client = peer_keys(keys / "private" / "client.key_secret", broker_key)
+        with services([["--kind", "echo"]], heartbeat=2.5, log_level="WARNING") as (frontend, workers), \
+                local_stack(heartbeat=2.5, log_level="WARNING") as secure:
             wait_for_workers(frontend, "echo", workers)
+            secure.start_broker("--curve-secret", str(keys / "private" / "broker.key_secret"),
+                                "--curve-clients", str(keys / "clients"), "--curve-workers", str(keys / "workers"))
+            secure.add_worker(["--kind", "echo", "--curve-secret", str(keys / "private" / "worker.key_secret"),
+                               "--curve-server", str(broker_key)])
+            wait_for_workers(secure.frontend, "echo", secure.workers, client)
             results = {
                 "broker (Client -> broker -> EchoWorker)": through_broker(frontend, args.events, args.window),
+                "broker with CURVE (encrypted, both hops)": through_broker(secure.frontend, args.events, args.window,
+                                                                           client),
                 "direct DEALER <-> ROUTER": direct(router, args.events, args.window),
                 "pickle over REQ/REP": pickled(rep, args.events),
             }
@@ -139,7 +159,9 @@ def main() -> None:
     for name, (latencies, rate) in results.items():
         print(f"{name:42s} {statistics.median(latencies) * 1e3:14.2f} "
               f"{np.percentile(latencies, 90) * 1e3:8.2f} {rate:9.1f} {rate * EVENT_BYTES / 1e6:8.0f}")
-    broker, direct_, pickle_ = (results[k] for k in results)
+    broker, curve, direct_, pickle_ = (results[k] for k in results)
+    print(f"ratio CURVE/clear     latency {statistics.median(curve[0]) / statistics.median(broker[0]):.2f}x, "
+          f"throughput {curve[1] / broker[1]:.2f}x")
     print(f"ratio broker/direct   latency {statistics.median(broker[0]) / statistics.median(direct_[0]):.2f}x, "
           f"throughput {broker[1] / direct_[1]:.2f}x")
     print(f"ratio broker/pickle   latency {statistics.median(broker[0]) / statistics.median(pickle_[0]):.2f}x, "

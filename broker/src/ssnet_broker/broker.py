@@ -100,6 +100,7 @@ class Broker:
         self._monitors: dict[zmq.Socket, Side] = {}  # type: ignore[type-arg]
         self._refused: Counter[Side] = Counter()  # refusals not yet logged
         self._refusal_logged: dict[Side, float] = {}
+        self._zap_logged = -REFUSAL_LOG_PERIOD
 
     def stop(self) -> None:
         """Ask the loop to finish (thread-safe, signal-safe)."""
@@ -154,8 +155,10 @@ class Broker:
         assert self._zap is not None and self._keys is not None
         while self._zap.poll(0):
             reply, refused = answer(self._zap.recv_multipart(), self._keys)
-            if refused is not None:
-                log.warning("refused %s", refused)
+            now = time.monotonic()
+            if refused is not None and now - self._zap_logged >= REFUSAL_LOG_PERIOD:
+                log.warning("refused %s", refused)  # at most every few seconds: a refused peer retries constantly
+                self._zap_logged = now
             if reply is not None:
                 self._zap.send_multipart(reply)
 

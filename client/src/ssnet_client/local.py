@@ -27,6 +27,7 @@ from ssnet_client.cli import ProgressReport, run_job
 from ssnet_client.jobs import JobStats
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_common import config as cfg
+from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import ConfigError, SSNetError
 from ssnet_data.regions import Regions
 from ssnet_data.services import plane_service
@@ -161,10 +162,11 @@ def stop(procs: Sequence[subprocess.Popen[Any]], timeout: float = 15.0) -> None:
             proc.wait()
 
 
-def wait_for_workers(frontend: str, service: str, workers: list[subprocess.Popen[bytes]]) -> None:
+def wait_for_workers(frontend: str, service: str, workers: list[subprocess.Popen[bytes]],
+                     curve: Optional[CurveKeys] = None) -> None:
     """Ask the broker (MMI) until ``service`` has a worker; fail early if every worker has exited."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    with Client(frontend, ClientConfig(timeout=1.0, retries=0)) as client:
+    with Client(frontend, ClientConfig(timeout=1.0, retries=0, curve=curve)) as client:
         while True:
             try:
                 if client.has_service(service):
