@@ -27,16 +27,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "fidelity"))
 from layer_nets import sparse_adc_image  # noqa: E402  (one home for the test image)
+from ssnet_engines import vm_hwm_mib  # noqa: E402  (bench/, this script's directory, is on sys.path)
 
 VIEWS = {"tile": (512, 512), "view": (1008, 3456)}
-
-
-def vm_hwm_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(args: argparse.Namespace) -> int:
