@@ -27,6 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "fidelity"))
 from layer_nets import sparse_adc_image  # noqa: E402  (one home for the test image)
+
 from ssnet_engines import vm_hwm_mib  # noqa: E402  (bench/, this script's directory, is on sys.path)
 
 VIEWS = {"tile": (512, 512), "view": (1008, 3456)}
