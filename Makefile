@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:
-#   make demo   run the main job (broker + workers + LArCV1 client) on the shipped sample data
+#   make demo   run the main job (broker + SSNet workers + LArCV1 client) on the shipped sample data, and draw an event
 #   make test   lint, type check and every test (what CI runs)
 SHELL := /bin/bash
 VENV := .venv
@@ -14,8 +14,12 @@ $(VENV)/.stamp: scripts/bootstrap.sh requirements-dev.txt */pyproject.toml
 	scripts/bootstrap.sh
 	touch $@
 
+# The demo: the shipped file through SSNet workers (tiny model, default CPU engine), then a picture of its first event
+# with the network's scores over the wire image.  It replaces its own earlier output.
 demo: venv
-	$(BIN)/ssnet-local
+	$(BIN)/ssnet-local --force --output out/ssnet_demo_ssnet.root
+	$(BIN)/ssnet-larcv1 show data/demo/ssnet_demo.root --overlay out/ssnet_demo_ssnet.root --force \
+	    -o out/ssnet_demo_event.png
 
 test: lint typecheck images pytest pytest39
 

@@ -22,7 +22,7 @@ pip_quiet=(--quiet --disable-pip-version-check)
 
 if [ ! -x .venv/bin/python ]; then "$PY311" -m venv .venv; fi
 .venv/bin/python -m pip install "${pip_quiet[@]}" -r requirements-dev.txt \
-  -e 'common[metrics]' -e 'data[larcv1]' -e broker -e 'worker[opencv,larcv1,onnx,torch]' -e 'client[larcv1]'
+  -e 'common[metrics]' -e 'data[larcv1]' -e broker -e 'worker[opencv,larcv1,onnx,torch]' -e 'client[larcv1,show]'
 
 PY39=$(find_python 3.9 || true)
 if [ -n "$PY39" ]; then

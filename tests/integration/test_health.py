@@ -1,4 +1,4 @@
-"""The container health checks against real processes: a broker's MMI answer, a worker's metrics endpoint."""
+"""The container health checks against real processes: a broker's /readyz and MMI answer, a worker's /readyz."""
 
 from __future__ import annotations
 
@@ -26,14 +26,22 @@ def test_broker_check_answers_only_while_the_broker_runs(stack: Stack) -> None:
     assert health("broker", "--frontend", stack.frontend, "--timeout", "0.5").returncode == 1
 
 
+def test_broker_check_asks_its_readyz_too(stack: Stack) -> None:
+    port = free_port()
+    check = ("broker", "--frontend", stack.frontend, "--metrics-port", str(port), "--timeout", "0.5")
+    result = health(*check)
+    assert result.returncode == 1 and f"127.0.0.1:{port}/readyz does not answer" in result.stdout, result.stdout
+    stack.broker(metrics_port=port)
+    result = health(*check)
+    assert result.returncode == 0 and result.stdout.startswith("healthy: broker answers MMI"), result.stdout
+
+
 def test_worker_check_follows_registration_and_broker_silence(stack: Stack) -> None:
     port = free_port()
-    interval, liveness = str(stack.heartbeat), "3"
-    check = ("worker", "--metrics-port", str(port), "--heartbeat-interval", interval,
-             "--heartbeat-liveness", liveness, "--timeout", "1")
+    check = ("worker", "--metrics-port", str(port), "--timeout", "1")
     result = health(*check)
     assert result.returncode == 1 and "does not answer" in result.stdout, result.stdout
-    stack.worker("dummy", metrics_port=port, name="worker")  # no broker yet: metrics answer, no heartbeat
+    stack.worker("dummy", "--heartbeat-liveness", "3", metrics_port=port, name="worker")  # no broker yet
     wait_until(lambda: _answers(port), 20, "the worker's metrics endpoint")
     result = health(*check)
     assert result.returncode == 1 and "not registered" in result.stdout, result.stdout

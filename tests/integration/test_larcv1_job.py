@@ -241,15 +241,27 @@ def test_local_echo_round_trip(name: str, samples: Path, manifest: Any, tmp_path
     check_images(entries(report, "wire"), manifest[name])
 
 
-def test_local_without_arguments_runs_the_demo(manifest: Any, tmp_path: Path) -> None:
+def test_local_without_arguments_runs_ssnet_on_the_demo(manifest: Any, tmp_path: Path) -> None:
+    """The README's main job: SSNet workers (tiny model, default CPU engine) on the demo file; the output holds
+    the scores of every event and says what produced them; a second run refuses to replace it without --force."""
     result = subprocess.run([sys.executable, "-m", "ssnet_client.local"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, timeout=120, check=False)
+                            stderr=subprocess.STDOUT, timeout=300, check=False)
     text = result.stdout.decode(errors="replace")
     assert result.returncode == 0, text
-    output = tmp_path / "out" / "ssnet_demo_dummy.root"
+    output = tmp_path / "out" / "ssnet_demo_ssnet.root"
     report = dump(output)
-    assert report["producers_in_file"] == ["dummy"]
-    check_dummy(report, manifest[SAMPLE_512][:4])  # the demo file is the sample's first 4 entries
+    assert report["producers_in_file"] == ["ssnet_shower", "ssnet_track"]
+    expected = [(e["run"], e["subrun"], e["event"]) for e in manifest[SAMPLE_512][:4]]  # the demo: 4 entries
+    for name in ("ssnet_shower", "ssnet_track"):
+        got = entries(report, name)
+        assert [(e["run"], e["subrun"], e["event"]) for e in got] == expected
+        assert all(len(e["images"]) == 3 and any(i["nonzero"] for i in e["images"]) for e in got)
+    planes = report["provenance"]["planes"]
+    assert [(p["plane"], p["events"]) for p in planes] == [(0, 4), (1, 4), (2, 4)]
+    assert {p["record"]["weights"]["file"] for p in planes} == {"tiny_uresnet.caffemodel"}
+    again = subprocess.run([sys.executable, "-m", "ssnet_client.local"], cwd=tmp_path, capture_output=True,
+                           timeout=120, check=False)
+    assert again.returncode == 2 and b"exists: give --force to replace it" in again.stderr
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -312,8 +324,8 @@ def bad_inputs(samples: Path, tmp_path: Path) -> Path:
 
 BAD_INPUTS = {
     "missing file": (["--input", "{d}/missing.root"], "file '{d}/missing.root': no such file"),
-    "not ROOT": (["--input", "{d}/text.root"], "file '{d}/text.root': not a readable ROOT file"),
-    "truncated": (["--input", "{d}/truncated.root"], "file '{d}/truncated.root': not a readable ROOT file"),
+    "not ROOT": (["--input", "{d}/text.root"], "file '{d}/text.root': not a ROOT file"),
+    "truncated": (["--input", "{d}/truncated.root"], "file '{d}/truncated.root': truncated: "),
     "no such producer": (["--input", "{s}", "--producer", "nosuch"],
                          "producer 'nosuch': no Image2D producer 'nosuch' in the file (it has: wire)"),
     "output is the input": (["--input", "{d}/copy.root", "--output", "{d}/copy.root"],

@@ -5,8 +5,10 @@ Runs with the engine ``auto`` picks here (ONNX Runtime on the host), and the bat
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,10 @@ import pytest
 from ssnet_client import Client, ClientConfig, WorkerError
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_data.imagemeta import ImageMeta
-from ssnet_data.larcv1 import LArCV1Reader
+from ssnet_data.larcv1 import LArCV1Reader, read_annotation
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_data.provenance import OBJECT_NAME as PROVENANCE
+from ssnet_data.provenance import file_digest
 from ssnet_worker.engines import engine_available, make_engine
 from ssnet_worker.ssnet import Preprocessing
 from ssnet_worker.tiling import Stitcher, tile_grid
@@ -241,3 +245,51 @@ def test_bad_model_configuration_is_a_clear_startup_error(extra: list[str], mess
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def other_weights(path: Path) -> Path:
+    """The tiny model's weights with one value changed: another weight file for the same net."""
+    from ssnet_worker.caffe.proto import net_parameter
+
+    model = net_parameter()
+    model.ParseFromString((TINY / "tiny_uresnet.caffemodel").read_bytes())
+    blob = next(layer.blobs[0] for layer in model.layer if layer.blobs)
+    blob.data[0] += 0.5
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_the_output_names_what_produced_it_and_workers_that_disagree(stack: Stack, tmp_path: Path) -> None:
+    """Every reply carries the worker's provenance; the output file stores, per plane, the records and their event
+    counts as a TNamed (uproot reads it here; ROOT in the container tests' dumps), and a job whose workers ran
+    different weights for a plane says so in its summary."""
+    stack.broker()
+    start_ssnet(stack)
+    stack.wait_for_service("ssnet")
+    output = tmp_path / "one.root"
+    run_job(stack, output)
+    log = json.loads(read_annotation(output, PROVENANCE) or "{}")
+    assert [(p["plane"], p["events"]) for p in log["planes"]] == [(0, 4), (1, 4), (2, 4)]
+    record = log["planes"][0]["record"]
+    assert record["weights"] == {"file": "tiny_uresnet.caffemodel",
+                                 "sha256": file_digest(TINY / "tiny_uresnet.caffemodel")}
+    assert record["prototxt"]["sha256"] == file_digest(TINY / "tiny_uresnet.prototxt")
+    assert (record["engine"], record["device"], record["precision"]) == (ENGINE, "cpu", "float32")
+    assert record["software"].startswith("ssnet-worker ") and log["disagreements"] == []
+
+    # A second worker with other weights for every plane: the two share the events.
+    stack.worker("ssnet", "--ssnet-model-dir", str(TINY), "--ssnet-engine", ENGINE, "--ssnet-weights",
+                 str(other_weights(tmp_path / "v2.caffemodel")))
+    deadline = time.monotonic() + 120
+    while True:  # until the broker has two workers of the service (MMI counts services, not workers: ask the job)
+        mixed = tmp_path / "mixed.root"
+        config = LArCV1JobConfig(inputs=(str(DEMO),), output=str(mixed), producers=("wire",), service="ssnet",
+                                 broker=stack.frontend, force=True, client=ClientConfig(timeout=60, window=1))
+        summary = SimpleLArCV1Client(config).run()
+        if summary.notes or time.monotonic() > deadline:
+            break
+    assert summary.notes and summary.notes[0].startswith("workers disagree on plane 0: weights tiny_uresnet.caffemodel")
+    assert "v2.caffemodel" in summary.notes[0] and "workers disagree" in summary.text()
+    stored = json.loads(read_annotation(mixed, PROVENANCE) or "{}")
+    assert stored["disagreements"] == summary.notes
+    assert sum(p["events"] for p in stored["planes"] if p["plane"] == 0) == 4

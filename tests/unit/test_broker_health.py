@@ -20,6 +20,7 @@ def test_local_endpoint(bound: str, connect: str) -> None:
 
 def test_options_default_to_the_brokers_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSNET_BROKER_FRONTEND", "tcp://*:6000")
+    monkeypatch.setenv("SSNET_BROKER_METRICS_PORT", "9100")
     monkeypatch.setenv("SSNET_HEALTH_TIMEOUT", "1.5")
     args = health.build_parser().parse_args([])
-    assert (args.frontend, args.timeout) == ("tcp://*:6000", 1.5)
+    assert (args.frontend, args.metrics_port, args.timeout) == ("tcp://*:6000", 9100, 1.5)

@@ -12,6 +12,7 @@ from ssnet_broker.cli import build_parser as broker_parser
 from ssnet_broker.cli import main as broker_main
 from ssnet_client.cli import build_parser as client_parser
 from ssnet_client.local import build_parser as local_parser
+from ssnet_client.perf import build_parser as perf_parser
 from ssnet_worker.cli import build_parser as worker_parser
 from ssnet_worker.export import build_parser as export_parser
 from ssnet_worker.infer import build_parser as infer_parser
@@ -23,13 +24,16 @@ PARSERS = {
     "ssnet-local": local_parser,
     "ssnet-infer": infer_parser,
     "ssnet-export": export_parser,
+    "ssnet-perf": perf_parser,
 }
 PREFIXES = {"ssnet-broker": "SSNET_BROKER_", "ssnet-worker": "SSNET_WORKER_", "ssnet-client": "SSNET_CLIENT_",
-            "ssnet-local": "SSNET_LOCAL_", "ssnet-infer": "SSNET_INFER_", "ssnet-export": "SSNET_EXPORT_"}
+            "ssnet-local": "SSNET_LOCAL_", "ssnet-infer": "SSNET_INFER_", "ssnet-export": "SSNET_EXPORT_",
+            "ssnet-perf": "SSNET_PERF_"}
 
 
 def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
-    return [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
+    return [a for a in parser._actions
+            if a.option_strings and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
 
 
 @pytest.mark.parametrize("command", sorted(PARSERS))
@@ -73,7 +77,7 @@ def test_bad_environment_value_is_a_clear_usage_error(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("module", ["ssnet_broker", "ssnet_worker", "ssnet_client.cli", "ssnet_client.local",
-                                    "ssnet_client.larcv1_cli"])
+                                    "ssnet_client.larcv1_cli", "ssnet_client.perf"])
 def test_help_runs_as_a_command(module: str) -> None:
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
                             check=False)

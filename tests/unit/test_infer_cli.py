@@ -89,7 +89,7 @@ def test_an_input_size_the_net_cannot_take(tmp_path: Path) -> None:
     np.save(tmp_path / "in.npy", np.zeros((2, 1, 63, 63), np.float32))
     (tmp_path / "out.npy").write_bytes(b"previous result")
     result = run_infer(*model_args(AVAILABLE[0]), "--input", str(tmp_path / "in.npy"),
-                       "--output", str(tmp_path / "out.npy"))
+                       "--output", str(tmp_path / "out.npy"), "--force")
     assert result.returncode == 2
     line = error_line(result)
     assert "2x1x63x63" in line and "H=63 does not fit the net (nearest sizes that do: 60 or 64)" in line

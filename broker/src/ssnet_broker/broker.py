@@ -95,6 +95,7 @@ class Broker:
             registry.register(self.metrics)
         self._waker = transport.Waker()
         self._stopping = False
+        self.bound = threading.Event()  # both sockets bound: what /readyz reports (readiness())
         self._zap: Optional[zmq.Socket] = None  # type: ignore[type-arg]
         self._keys: Optional[KeyRing] = None
         self._monitors: dict[zmq.Socket, Side] = {}  # type: ignore[type-arg]
@@ -127,6 +128,7 @@ class Broker:
                     extra.append(monitor)
             transport.bind(frontend, self.config.frontend)
             transport.bind(backend, self.config.backend)
+            self.bound.set()
             security = "CURVE" if curve is not None else "in the clear"
             log.info("broker up (%s): clients on %s, workers on %s", security, self.config.frontend,
                      self.config.backend)
@@ -137,11 +139,18 @@ class Broker:
                                     "reach it can submit work or register workers (see --curve-secret)", endpoint)
             self._loop(frontend, backend)
         finally:
+            self.bound.clear()
             for sock in extra:
                 sock.close(linger=0)
             frontend.close(linger=0)
             backend.close(linger=0)
             self._waker.close()
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready once both sockets are bound (the metrics endpoint's ``/readyz``; any thread)."""
+        if self.bound.is_set():
+            return True, f"bound: clients on {self.config.frontend}, workers on {self.config.backend}"
+        return False, "sockets not bound (starting or stopped)"
 
     def probe(self, frontend: str, timeout: float) -> bool:
         """Whether this broker answers an MMI round trip on ``frontend`` (with CURVE: as itself, a key it

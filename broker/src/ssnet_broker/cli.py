@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cfg.ArgumentParser(
-        prog="ssnet-broker",
+        prog="ssnet-broker", package="ssnet-broker", epilog=cfg.SERVICE_EXIT_STATUSES,
         description="Load-balancing Majordomo (MDP/0.2) broker between ssnet clients and workers. "
                     "It knows nothing about payloads: it queues requests per service, hands each to the "
                     "least recently used idle worker, heartbeats workers and re-queues the requests of dead ones.",
@@ -68,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         curve, authorized = server_keys(args.curve_secret, args.curve_clients, args.curve_workers)
     except ConfigError as exc:
         log.error("%s", exc)
-        return 2
+        return cfg.EXIT_USAGE
     config = BrokerConfig(
         frontend=args.frontend,
         backend=args.backend,
@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if registry is not None:
             from ssnet_common.metrics import serve_metrics
 
-            serve_metrics(registry, config.metrics_port, config.metrics_addr)
+            serve_metrics(registry, config.metrics_port, config.metrics_addr, ready=broker.readiness)
         broker.install_signal_handlers()
         publisher = None
         if args.endpoint_file:  # written by a thread once the broker answers on its advertised frontend
@@ -115,12 +115,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SSNetError("could not publish the endpoint file; broker stopped")
     except ConfigError as exc:
         log.error("%s", exc)
-        return 2
+        return cfg.EXIT_USAGE
     except SSNetError as exc:
         log.error("broker failed: %s", exc)
-        return 1
+        return cfg.EXIT_FAILURE
     log.info("broker stopped")
-    return 0
+    return cfg.EXIT_OK
 
 
 if __name__ == "__main__":

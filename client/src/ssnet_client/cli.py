@@ -7,9 +7,8 @@ import logging
 import shlex
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, Optional, TextIO
+from typing import Optional
 
 from ssnet_client.base import ClientConfig
 from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, JobStats
@@ -21,22 +20,21 @@ from ssnet_client.larcv1_client import (
     LArCV1JobConfig,
     SimpleLArCV1Client,
 )
+from ssnet_client.progress import LOG_INTERVAL, MODES, ProgressReport
 from ssnet_common import config as cfg
 from ssnet_common.curve import add_peer_options, peer_keys
-from ssnet_common.errors import ConfigError, LArCV1Error, SSNetError
+from ssnet_common.errors import ConfigError, DataError, SSNetError
 from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_common.rendezvous import add_broker_options, broker_from_file
 from ssnet_data.regions import Regions
 
 log = logging.getLogger(__name__)
 
-EXIT_SKIPPED = 3  # the job finished, but events that failed for good were left out (--on-error skip)
-PROGRESS_LOG_PERIOD = 10.0  # seconds between progress log lines when not on a terminal
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cfg.ArgumentParser(
-        prog="ssnet-client",
+        prog="ssnet-client", package="ssnet-client",
         description="Send the Image2D products of LArCV1 files, event by event, to an ssnet service through the "
                     "broker, and write the images the workers return into an output LArCV1 file (entries in input "
                     "order, each input event exactly once). The output appears only if every event succeeded.",
@@ -47,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--service", default="dummy", help="service to send the images to (e.g. dummy, echo, ssnet)")
     options.add("--input", default=None, nargs="+", help="input LArCV1 file(s), read as one sequence of entries")
     options.add("--output", default=None, help="output LArCV1 file (written at the end, atomically)")
+    options.add_flag("--force", help="replace the output file if it exists (else the job refuses to start)")
     options.add("--producer", default=["wire"], nargs="+", help="Image2D producer(s) to send")
     options.add("--start", default=0, type=cfg.non_negative_int, help="first entry to process")
     options.add("--end", default=None, type=cfg.non_negative_int, help="entry to stop before (default: the last)")
@@ -80,38 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--regions", default=None,
                 help="JSON file of boxes per plane (for all events and per event, in wire/tick coordinates): send "
                      "only those crops and write whole views that are zero outside them (see ssnet_data.regions)")
-    options.add("--progress", default="auto", choices=("auto", "bar", "log", "none"),
-                help="progress display: a bar on a terminal, periodic log lines otherwise (auto)")
+    add_progress_options(options)
     cfg.add_common_options(options)
     return parser
 
 
-class ProgressReport:
-    """A job's progress: tqdm's bar (smoothed rate, ETA) on a terminal; a log line every few seconds otherwise."""
-
-    def __init__(self, mode: str, stream: TextIO) -> None:
-        if mode == "auto":
-            mode = "bar" if stream.isatty() else "log"
-        self.mode = mode
-        self.stream = stream
-        self.next_log = 0.0
-        self._bar: Optional[Any] = None
-
-    def __call__(self, done: int, total: int, seconds: float) -> None:
-        if self.mode == "bar":
-            if self._bar is None:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, unit="event", file=self.stream, dynamic_ncols=True, smoothing=0.1)
-            self._bar.update(done - self._bar.n)
-            if done >= total:
-                self._bar.close()
-        elif self.mode == "log" and (time.monotonic() >= self.next_log or done == total):
-            self.next_log = time.monotonic() + PROGRESS_LOG_PERIOD
-            rate = done / seconds if seconds > 0 else 0.0
-            eta = (total - done) / rate if rate > 0 else None
-            log.info("%d/%d events, %.2f events/s, ETA %s", done, total, rate,
-                     "--:--" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta)))
+def add_progress_options(options: cfg.EnvOptions) -> None:
+    """``--progress`` and ``--log-interval`` (ssnet-client, ssnet-local)."""
+    options.add("--progress", default=MODES[0], choices=MODES,
+                help="progress display: a bar on a terminal, a log line every --log-interval seconds otherwise "
+                     "(auto)")
+    options.add("--log-interval", default=LOG_INTERVAL, type=cfg.positive_float,
+                help="seconds between progress log lines (--progress log, or auto on a non-terminal)")
 
 
 def config_from_args(args: argparse.Namespace, server_key: Optional[bytes] = None) -> LArCV1JobConfig:
@@ -123,7 +102,7 @@ def config_from_args(args: argparse.Namespace, server_key: Optional[bytes] = Non
     return LArCV1JobConfig(
         inputs=tuple(args.input), output=args.output, producers=tuple(args.producer), service=args.service,
         broker=args.broker, batch_size=args.batch_size, start=args.start, end=args.end,
-        copy_input=args.copy_input, per_plane=args.per_plane,
+        force=args.force, copy_input=args.copy_input, per_plane=args.per_plane,
         compression=None if args.compression == "none" else args.compression,
         checkpoint=args.checkpoint, resume=args.resume, max_event_attempts=args.max_event_attempts,
         on_error=args.on_error, connect_timeout=args.connect_timeout, service_wait=args.service_wait,
@@ -146,22 +125,22 @@ def run_job(job: Callable[[], tuple[str, JobStats]], again: Optional[Sequence[st
         if again is not None:
             resume = ["--resume"] if exc.resumable and "--resume" not in again else []
             log.warning("to go on: %s", shlex.join([*again, *resume]))
-        return 128 + exc.signum
-    except (ConfigError, LArCV1Error) as exc:
+        return cfg.EXIT_SIGNAL + exc.signum
+    except (ConfigError, DataError) as exc:
         log.error("%s", exc)
-        return 2
+        return cfg.exit_status(exc)
     except SSNetError as exc:
         log.error("job failed, no output written: %s", exc)
-        return 1
-    except KeyboardInterrupt:
+        return cfg.exit_status(exc)
+    except KeyboardInterrupt as exc:
         log.error("interrupted, no output written")
-        return 130
+        return cfg.exit_status(exc)
     log.info("wrote %s: %s", output, summary.text())
     if summary.skipped:
         log.error("%d event(s) failed and are not in %s; they are listed in %s.failed.json", len(summary.skipped),
                   output, output)
-        return EXIT_SKIPPED
-    return 0
+        return cfg.EXIT_SKIPPED
+    return cfg.EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -178,17 +157,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.metrics_port:
             from prometheus_client import CollectorRegistry
 
+            registry = CollectorRegistry()
+        progress = ProgressReport(args.progress, sys.stderr, log_interval=args.log_interval)
+        client = SimpleLArCV1Client(config, registry=registry, progress=progress)
+        if registry is not None:  # /metrics (job progress too), /livez, /readyz: the broker answered
+            from ssnet_client.metrics import job_readiness
             from ssnet_common.metrics import serve_metrics
 
-            registry = CollectorRegistry()
-            serve_metrics(registry, args.metrics_port, args.metrics_addr)
-        client = SimpleLArCV1Client(config, registry=registry, progress=None if args.progress == "none"
-                                    else ProgressReport(args.progress, sys.stderr))
+            serve_metrics(registry, args.metrics_port, args.metrics_addr, ready=lambda: job_readiness(client))
         log.info("processing entries [%d, %d) of %s through service %r at %s", config.start, client.stop,
                  ", ".join(config.inputs), config.service, config.broker)
         for signum in (signal.SIGTERM, signal.SIGINT):  # scancel and preemption send SIGTERM
             signal.signal(signum, lambda number, frame: client.request_stop(number))
-        return config.output, client.run()
+        with progress:
+            return config.output, client.run()
 
     return run_job(job, ["ssnet-client", *(sys.argv[1:] if argv is None else argv)])
 

@@ -89,6 +89,7 @@ class JobStats:
     nbytes: int = 0           # bytes of the arrays handed on (training feed)
     resumed: int = 0          # entries found done in checkpoint chunks (LArCV1 job with --resume)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # events left out after failing for good
+    notes: list[str] = field(default_factory=list)  # what the summary must say (workers that disagree)
     requests: int = 0         # requests sent, resubmissions not counted
     resubmits: int = 0        # requests sent again after the broker or the client gave up on them
     bytes_sent: int = 0
@@ -143,6 +144,8 @@ class JobStats:
             parts.append(f"; {len(self.skipped)} skipped: " + ", ".join(
                 f"{e['run']}/{e['subrun']}/{e['event']}" for e in self.skipped[:10])
                 + (" ..." if len(self.skipped) > 10 else ""))
+        if self.notes:
+            parts.append("; " + "; ".join(self.notes))
         parts.append(f"; {self.requests} requests, {self.resubmits} sent again, sent {self.bytes_sent / 1e6:.1f} MB, "
                      f"received {self.bytes_received / 1e6:.1f} MB")
         if self.round_trips:

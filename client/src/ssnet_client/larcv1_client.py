@@ -32,9 +32,9 @@ import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
 from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, FanOut, JobStats, RetryPolicy, wait_for_service
+from ssnet_common.config import version_text
 from ssnet_common.errors import (
     ConfigError,
-    DataError,
     EventFailed,
     LArCV1Error,
     ProtocolError,
@@ -51,8 +51,11 @@ from ssnet_data.larcv1 import (
     LArCV1Writer,
     list_image2d_producers,
     load_writer_backend,
+    read_annotation,
 )
-from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_message, encode_images
+from ssnet_data.provenance import OBJECT_NAME as PROVENANCE
+from ssnet_data.provenance import ProvenanceLog, Record
 from ssnet_data.regions import Regions, crop_meta, place
 from ssnet_data.services import plane_service
 
@@ -92,6 +95,7 @@ class LArCV1JobConfig:
     start: int = 0
     end: Optional[int] = None
     copy_input: bool = False
+    force: bool = False  # replace an existing output file
     per_plane: bool = False  # one request per image, to service "<service>_plane<p>"
     compression: Optional[str] = None
     checkpoint: int = 0  # entries per chunk file (0: no chunk files)
@@ -132,9 +136,20 @@ class LArCV1JobConfig:
             raise ConfigError("resume needs checkpoint chunks: give a checkpoint size")
         if Path(self.output).resolve() in {Path(p).resolve() for p in self.inputs}:
             raise ConfigError(f"output {self.output!r} is also an input")
-        folder = Path(self.output).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-            raise ConfigError(f"cannot write the output {self.output!r}: {str(folder)!r} is not a writable directory")
+        check_output(self.output, self.force)
+
+
+def check_output(output: str, force: bool) -> None:
+    """:class:`ConfigError` unless ``output`` can be written: a file in a writable directory, which exists only
+    when ``force`` allows replacing it."""
+    path = Path(output)
+    if path.is_dir():
+        raise ConfigError(f"output {output!r} is a directory, not a file")
+    if path.exists() and not force:
+        raise ConfigError(f"output {output!r} exists: give --force to replace it")
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the output {output!r}: {str(folder)!r} is not a writable directory")
 
 
 def producers_from_product_dict(product_dict: Mapping[str, Union[str, Sequence[str]]]) -> tuple[str, ...]:
@@ -176,6 +191,12 @@ class SimpleLArCV1Client:
         self._stopping = threading.Event()
         self._stop_asked = 0.0
         self.stop_signal: Optional[int] = None
+        self.stats: Optional[JobStats] = None  # the running job's, read by its progress metrics
+        self.connected = threading.Event()  # the broker answered the job's first probe: /readyz
+        if registry is not None:
+            from ssnet_client.metrics import JobProgressCollector
+
+            registry.register(JobProgressCollector(lambda: self.stats, self.stop - config.start))
 
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """Stop sending (safe from a signal handler): the job waits up to ``drain_timeout`` for the replies in
@@ -196,7 +217,7 @@ class SimpleLArCV1Client:
 
     # -------------------------------------------------------------------------------------------- the job
     def run(self) -> JobStats:
-        summary = JobStats(unit="event", started=time.monotonic())
+        self.stats = summary = JobStats(unit="event", started=time.monotonic())
         start = self.config.start
         done_chunks: list[Path] = []
         if self.config.checkpoint:
@@ -208,7 +229,14 @@ class SimpleLArCV1Client:
                     else [self.config.service])
         wait_for_service(self.config.broker, services, connect_timeout=self.config.connect_timeout,
                          service_wait=self.config.service_wait, curve=self.config.client.curve)
+        self.connected.set()
+        if self.progress is not None:
+            self.progress(summary.resumed, total, 0.0)  # the clock starts: a stall before the first reply shows
         output = _OutputWriter(self, start)
+        if done_chunks:  # the last chunk's provenance covers every chunk before it
+            text = read_annotation(done_chunks[-1], PROVENANCE)
+            if text is not None:
+                output.provenance = ProvenanceLog.from_json(text)
         entries = _prefetch(self.reader.iter_range(start, self.stop), PREFETCH)
         with closing(entries), Client(self.config.broker, self.config.client, registry=self.registry) as client, \
                 _BackgroundWriter(output) as writer:
@@ -224,8 +252,9 @@ class SimpleLArCV1Client:
                     self._failed(batch, failed, summary)
                     continue
                 decoded = [self._decode(batch, reply) for reply in replies if isinstance(reply, Reply)]
-                for entry, products in zip(batch.entries, _per_entry(batch, decoded)):
-                    writer.write(entry, products)
+                sources = _sources(decoded)
+                for entry, products in zip(batch.entries, _per_entry(batch, [d for d, _ in decoded])):
+                    writer.write(entry, products, sources)
                     summary.handed(1)
                     if self.progress is not None:
                         self.progress(summary.done + summary.resumed, total, summary.elapsed)
@@ -238,7 +267,8 @@ class SimpleLArCV1Client:
                                  f"{len(done_chunks) + len(output.chunk_files)} checkpoint chunk(s) in {self.chunks}",
                                  resumable=True)
         if self.config.checkpoint:
-            self._assemble(done_chunks + output.chunk_files)
+            self._assemble(done_chunks + output.chunk_files, output)
+        summary.notes += output.provenance.disagreements()
         if summary.skipped:
             write_atomically(self.failed_file, json.dumps({"output": str(self.config.output),
                                                            "skipped": summary.skipped}, indent=1).encode() + b"\n")
@@ -315,9 +345,9 @@ class SimpleLArCV1Client:
                 array = images[0].pixels[np.newaxis] if len(images) == 1 else np.stack([i.pixels for i in images])
                 yield ImageProduct(producer, items, array)
 
-    def _decode(self, batch: _Batch, reply: Reply) -> list[ImageProduct]:
+    def _decode(self, batch: _Batch, reply: Reply) -> tuple[list[ImageProduct], Optional[Record]]:
         try:
-            products = decode_images(reply.payload)
+            products, provenance = decode_message(reply.payload)
         except ProtocolError as exc:
             raise ProtocolError(f"reply for entries {_span(batch)} is not a LArCV1 image message: {exc}") from None
         expected = tuple(EventId(e.run, e.subrun, e.event) for e in batch.entries)
@@ -327,7 +357,7 @@ class SimpleLArCV1Client:
                     f"reply product {product.name!r} for entries {_span(batch)} carries event ids "
                     f"{[str(i) for i in product.ids]}, sent {[str(i) for i in expected]}"
                 )
-        return products
+        return products, provenance
 
     # -------------------------------------------------------------------------------------- checkpoints
     def _prepare_chunks(self, start: int, summary: JobStats) -> tuple[list[Path], int]:
@@ -355,10 +385,11 @@ class SimpleLArCV1Client:
             log.info("resuming after %d entries found in %d checkpoint chunks", summary.resumed, len(done))
         return done, start
 
-    def _assemble(self, chunk_files: list[Path]) -> None:
+    def _assemble(self, chunk_files: list[Path], output: _OutputWriter) -> None:
         """With checkpoints, the output is the concatenation of the chunks; then the chunks go."""
         producers = list_image2d_producers(chunk_files[0])
         with LArCV1Writer(self.config.output, producers) as out:
+            output.annotate(out)
             for path in chunk_files:
                 if list_image2d_producers(path) != producers:
                     raise LArCV1Error(f"checkpoint chunk has other producers than {producers}", path=str(path))
@@ -376,37 +407,49 @@ class _OutputWriter:
         self.next_entry = start
         self.producers: list[str] = []
         self.chunk_files: list[Path] = []
-        self._pending: list[tuple[LArCV1Entry, dict[str, list[Image2D]]]] = []  # before the producers are known
+        # entries before the producers are known, with their products and sources
+        self._pending: list[tuple[LArCV1Entry, dict[str, list[Image2D]], Sources]] = []
         self._writer: Optional[LArCV1Writer] = None
         self._chunk_start = start
+        self.provenance = ProvenanceLog()  # of the entries written (resumed ones included)
 
-    def write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> None:
+    def annotate(self, writer: LArCV1Writer) -> None:
+        """Store the provenance of the entries written so far in ``writer``'s file (nothing without any)."""
+        if self.provenance:
+            writer.annotate(PROVENANCE, self.provenance.to_json(
+                software=version_text("ssnet-client"), service=self.config.service,
+                inputs=[str(path) for path in self.config.inputs]))
+
+    def write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]], sources: Sources = ()) -> None:
         if self.config.copy_input:
             for name in products:
                 if name in self.config.producers:
-                    raise DataError(f"reply product {name!r} has the name of an input producer copied to the output")
+                    raise ProtocolError(f"reply product {name!r} has the name of an input producer copied to the "
+                                        "output")
             products = {**{p: list(entry.products[p]) for p in self.config.producers}, **products}
         if not self.producers:
             if not products or not any(products.values()):
-                self._pending.append((entry, products))  # no names yet: wait for the first reply with images
+                self._pending.append((entry, products, sources))  # no names yet: wait for a reply with images
                 return
             self.producers = list(products)
         for name in products:
             if name not in self.producers:
-                raise DataError(
+                raise ProtocolError(
                     f"entry {entry.entry}: reply product {name!r} was not in the first reply ({self.producers})"
                 )
-        for held, held_products in self._pending:
-            self._write(held, held_products)
+        for held, held_products, held_sources in self._pending:
+            self._write(held, held_products, held_sources)
         self._pending.clear()
-        self._write(entry, products)
+        self._write(entry, products, sources)
 
-    def _write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> None:
+    def _write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]], sources: Sources) -> None:
         if self.config.regions is not None:
             products = self._paint(entry, products)
         if self._writer is None:
             self._writer = LArCV1Writer(self._target(), self.producers).__enter__()
         self._writer.write_entry(entry.run, entry.subrun, entry.event, products)
+        for plane, record in sources:
+            self.provenance.add(plane, record)
         self.next_entry += 1
         if self.config.checkpoint and self.next_entry - self._chunk_start >= self.config.checkpoint:
             self._close_chunk()
@@ -425,12 +468,12 @@ class _OutputWriter:
             whole = {plane: np.zeros(meta.shape, np.float32) for plane, meta in views.items()}
             for crop in products.get(name, []):
                 if crop.meta.plane not in views:
-                    raise DataError(f"entry {entry.entry}: reply product {name!r} has an image of plane "
+                    raise ProtocolError(f"entry {entry.entry}: reply product {name!r} has an image of plane "
                                     f"{crop.meta.plane}, which the event has no view of")
                 try:
                     row, col = place(views[crop.meta.plane], crop.meta)
                 except ValueError as exc:
-                    raise DataError(f"entry {entry.entry}: reply product {name!r}: {exc}") from None
+                    raise ProtocolError(f"entry {entry.entry}: reply product {name!r}: {exc}") from None
                 whole[crop.meta.plane][row:row + crop.meta.rows, col:col + crop.meta.cols] = crop.pixels
             painted[name] = [Image2D(views[plane], pixels) for plane, pixels in whole.items()]
         return painted
@@ -443,6 +486,7 @@ class _OutputWriter:
 
     def _close_chunk(self) -> None:
         assert self._writer is not None
+        self.annotate(self._writer)  # everything so far: the last chunk's log is the whole log on --resume
         self._writer.__exit__(None, None, None)
         self._writer = None
         final = self.job.chunks / f"entries-{self._chunk_start:09d}-{self.next_entry:09d}.root"
@@ -455,13 +499,14 @@ class _OutputWriter:
                               "nothing was sent")
         if self._pending:  # no entry of the range had images: the output keeps the input producers' names
             self.producers = list(self.config.producers)
-            for held, products in self._pending:
-                self._write(held, products)
+            for held, products, sources in self._pending:
+                self._write(held, products, sources)
             self._pending.clear()
         if self._writer is not None:
             if self.config.checkpoint:
                 self._close_chunk()
             else:
+                self.annotate(self._writer)
                 self._writer.__exit__(None, None, None)
                 self._writer = None
 
@@ -542,9 +587,9 @@ class _BackgroundWriter:
         if exc_type is None:
             self._raise()
 
-    def write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]]) -> None:
+    def write(self, entry: LArCV1Entry, products: dict[str, list[Image2D]], sources: Sources = ()) -> None:
         self._raise()
-        self.queue.put((entry, products))
+        self.queue.put((entry, products, sources))
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -588,6 +633,16 @@ def _layout(entry: LArCV1Entry) -> tuple[Any, ...]:
     """What must be equal for entries to share a batch: per producer, the image shapes in order."""
     shapes = tuple((p, tuple(image.meta.shape for image in images)) for p, images in entry.products.items())
     return shapes if any(images for _, images in shapes) else ()
+
+
+Sources = Sequence[tuple[int, Record]]
+"""Per plane of an entry's images, the provenance record of the worker that produced its output."""
+
+
+def _sources(decoded: Sequence[tuple[list[ImageProduct], Optional[Record]]]) -> Sources:
+    """The (plane, record) pairs of a batch's replies: each reply's record for the planes of its images."""
+    return [(plane, record) for products, record in decoded if record is not None
+            for plane in sorted({meta.plane for product in products for meta in product.metas})]
 
 
 def _per_entry(batch: _Batch, replies: list[list[ImageProduct]]) -> list[dict[str, list[Image2D]]]:

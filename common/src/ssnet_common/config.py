@@ -18,29 +18,86 @@ import logging
 import math
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NoReturn, Optional
 
 import configargparse
 
-from ssnet_common.errors import ConfigError
+from ssnet_common.errors import ConfigError, DataError
 from ssnet_common.protocol import METRICS_ADDR
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+# Exit statuses: the one convention of every command (``--help`` ends with it, the README lists it).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # a failure at run time (broker unreachable, a worker error, a disk full)
+EXIT_USAGE = 2  # bad options or bad input, model files included (argparse's own status for bad options)
+EXIT_SKIPPED = 3  # finished, but events that failed for good were left out (--on-error skip)
+EXIT_SIGNAL = 128  # + the signal's number: 130 interrupted (SIGINT, Ctrl-C), 143 terminated (SIGTERM, scancel)
+EXIT_STATUSES = ("exit status: 0 success; 1 a failure at run time; 2 bad options or input (model files included); "
+                 "3 finished, but events that failed were left out; 130 interrupted (SIGINT), 143 terminated "
+                 "(SIGTERM)")
+SERVICE_EXIT_STATUSES = ("exit status: 0 stopped as asked (SIGTERM, SIGINT: the service finishes what it holds and "
+                         "says goodbye); 1 a failure at run time; 2 bad options or input (model files included)")
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status for the error that ended a command: bad options or input (:class:`ConfigError`,
+    :class:`DataError`, which includes unreadable LArCV1 files) 2, Ctrl-C 130, anything else 1."""
+    if isinstance(error, (ConfigError, DataError)):
+        return EXIT_USAGE
+    if isinstance(error, KeyboardInterrupt):
+        return EXIT_SIGNAL + signal.SIGINT
+    return EXIT_FAILURE
+
+
+def version_text(package: str) -> str:
+    """``PACKAGE VERSION`` as installed (``--version``, provenance records), or ``PACKAGE (not installed)``."""
+    from importlib import metadata
+
+    try:
+        return f"{package} {metadata.version(package)}"
+    except metadata.PackageNotFoundError:
+        return f"{package} (not installed)"
 
 
 class ArgumentParser(configargparse.ArgumentParser):
     """An ``argparse`` parser whose options may also come from environment variables (ConfigArgParse).
 
     ``environ`` replaces ``os.environ`` (tests).  A malformed variable is reported with its name and value.
+    Every command gets ``--version`` (``package``: the distribution it belongs to) and, as the epilog of its
+    ``--help``, the exit statuses (:data:`EXIT_STATUSES`, unless ``epilog`` says otherwise).
     """
 
-    def __init__(self, *args: Any, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, environ: Optional[Mapping[str, str]] = None, package: str = "ssnet-common",
+                 version: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("add_env_var_help", False)  # EnvOptions writes "[env NAME; default: X]" itself
         kwargs.setdefault("add_config_file_help", False)
+        kwargs.setdefault("epilog", EXIT_STATUSES)
         super().__init__(*args, **kwargs)
         self.environ = environ
+        self.package = package
+        if version:  # sub-command parsers leave it to their parent
+            self.add_argument("--version", action="version",
+                              version=f"%(prog)s: {version_text(package)} (Python {sys.version.split()[0]})",
+                              help="print the version and exit")
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        """Sub-commands: parsers of this class, with the parent's package and epilog but no ``--version``."""
+        commands = super().add_subparsers(**kwargs)
+        parent = self
+
+        class Sub(ArgumentParser):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs.setdefault("package", parent.package)
+                kwargs.setdefault("epilog", parent.epilog)
+                kwargs.setdefault("environ", parent.environ)
+                super().__init__(*args, version=False, **kwargs)
+
+        commands._parser_class = Sub
+        return commands
 
     def parse_known_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None, **kwargs: Any
                          ) -> Any:
@@ -192,7 +249,7 @@ def add_common_options(options: EnvOptions) -> None:
     options.add("--log-level", default="INFO", type=log_level, help="logging level (DEBUG, INFO, WARNING, ERROR)")
     options.add(
         "--metrics-port", default=0, type=port_number,
-        help="serve Prometheus metrics over HTTP on this port (0: no metrics endpoint)",
+        help="serve Prometheus metrics (/metrics) and health (/livez, /readyz) over HTTP on this port (0: none)",
     )
     options.add(
         "--metrics-addr", default=METRICS_ADDR,
@@ -210,6 +267,26 @@ def configure_logging(level: str, name: str) -> None:
 
 
 __all__ = [
-    "ArgumentParser", "ConfigError", "EnvOptions", "add_common_options", "configure_logging", "endpoint", "log_level",
-    "non_negative_float", "non_negative_int", "parse_bool", "port_number", "positive_float", "positive_int",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_SIGNAL",
+    "EXIT_SKIPPED",
+    "EXIT_STATUSES",
+    "EXIT_USAGE",
+    "SERVICE_EXIT_STATUSES",
+    "ArgumentParser",
+    "ConfigError",
+    "EnvOptions",
+    "add_common_options",
+    "configure_logging",
+    "endpoint",
+    "exit_status",
+    "log_level",
+    "non_negative_float",
+    "non_negative_int",
+    "parse_bool",
+    "port_number",
+    "positive_float",
+    "positive_int",
+    "version_text",
 ]

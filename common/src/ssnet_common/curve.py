@@ -12,7 +12,6 @@ is refused with a message saying so.
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 import sys
@@ -23,7 +22,7 @@ from typing import Optional, Sequence, Union
 import zmq
 import zmq.auth
 
-from ssnet_common.config import EnvOptions
+from ssnet_common.config import ArgumentParser, EnvOptions, exit_status
 from ssnet_common.errors import ConfigError
 
 CLIENTS, WORKERS = "clients", "workers"  # the broker's ZAP domains, one per socket
@@ -167,7 +166,7 @@ def create_keys(directory: PathLike, name: str) -> tuple[Path, Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``ssnet-keys``: create a CURVE key pair, or show a key file's public key."""
-    parser = argparse.ArgumentParser(prog="ssnet-keys", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="ssnet-keys", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="write DIR/NAME.key and DIR/NAME.key_secret (mode 0600)")
     create.add_argument("directory", help="where the key files go (made if missing)")
@@ -183,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout.write(load_public(args.file).decode("ascii") + "\n")
     except ConfigError as exc:
         sys.stderr.write(f"ssnet-keys: error: {exc}\n")
-        return 2
+        return exit_status(exc)
     return 0
 
 

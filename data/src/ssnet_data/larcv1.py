@@ -21,6 +21,7 @@ import operator
 import os
 import re
 import secrets
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,19 @@ def list_image2d_producers(path: StrPath) -> list[str]:
     """The producers of the Image2D trees in a LArCV1 file, sorted."""
     with _open_root(Path(path)) as file:
         return _image2d_producers(file, Path(path))
+
+
+def read_annotation(path: StrPath, name: str) -> str | None:
+    """The text :meth:`LArCV1Writer.annotate` stored under ``name`` (the ``TNamed``'s title); None if none."""
+    with _open_root(Path(path)) as file:
+        try:
+            if file.classname_of(name, encoded=False) != "TNamed":
+                return None
+            return str(file[name].member("fTitle"))
+        except KeyError:
+            return None
+        except Exception as exc:  # uproot raises many kinds for damaged objects
+            raise LArCV1Error(f"cannot read {name!r}: {exc}", path=str(path)) from exc
 
 
 @dataclass(frozen=True)
@@ -306,14 +320,41 @@ def _column_major_to_rows(values: npt.NDArray[Any], rows: int, cols: int) -> npt
     return pixels
 
 
+def check_root_file(path: StrPath) -> None:
+    """:class:`LArCV1Error` in the user's words unless ``path`` is a whole ROOT file: it exists, is a file, starts
+    with ROOT's signature and is as long as its header says (``fEND``: a copy cut short is "truncated")."""
+    where = str(path)
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+            size = os.fstat(file.fileno()).st_size
+    except FileNotFoundError:
+        raise LArCV1Error("no such file", path=where) from None
+    except IsADirectoryError:
+        raise LArCV1Error("a directory, not a file", path=where) from None
+    except OSError as exc:
+        raise LArCV1Error(f"cannot read it: {exc.strerror or exc}", path=where) from None
+    if len(header) < 16 or not header.startswith(b"root"):
+        raise LArCV1Error("not a ROOT file" + (" (empty)" if not size else ""), path=where)
+    (version,) = struct.unpack_from(">i", header, 4)
+    large = version >= _ROOT_LARGE_FILE and len(header) >= 20  # then ROOT's pointers take 8 bytes
+    (end,) = struct.unpack_from(">q" if large else ">i", header, 12)
+    if size < end:
+        raise LArCV1Error(f"truncated: {size:,} of {end:,} bytes", path=where)
+
+
+# A ROOT file's header starts "root", fVersion, fBEGIN (4 bytes each), then fEND, the file's length: 4 bytes, or 8
+# when fVersion is 1000000 or more (a large file).
+_ROOT_LARGE_FILE = 1000000
+
+
 @contextlib.contextmanager
 def _open_root(path: Path) -> Iterator[Any]:
     try:
         import uproot
     except ImportError as exc:
         raise LArCV1Error(f"reading LArCV1 files needs uproot: {exc}", path=str(path)) from exc
-    if not path.is_file():
-        raise LArCV1Error("no such file", path=str(path))
+    check_root_file(path)
     try:
         # A Path, not a str: uproot would read "name.root:object" in a str as an object path.
         file = uproot.open(path, array_cache=None)
@@ -465,6 +506,7 @@ class LArCV1Writer:
         self._file: Any = None
         self._trees: dict[str, Any] = {}
         self._products: dict[str, Any] = {}
+        self._annotations: dict[str, str] = {}
 
     def __enter__(self) -> LArCV1Writer:
         if self._temp is not None:
@@ -550,6 +592,13 @@ class LArCV1Writer:
                 product._image_v.clear()
         self.entries_written += 1
 
+    def annotate(self, name: str, text: str) -> None:
+        """Store ``text`` in the file as a ``TNamed`` called ``name`` (its title), written when the file is; a
+        second call with the same name replaces the text.  :func:`read_annotation` reads it back."""
+        if not _PRODUCER_RE.fullmatch(name) or any(tree_name(p) == name for p in self.producers):
+            raise LArCV1Error(f"not a name for an annotation: {name!r}", path=str(self.path))
+        self._annotations[name] = text
+
     def copy_entry(self, entry: LArCV1Entry) -> None:
         """Append an entry as read by :class:`LArCV1Reader` (same ids and images)."""
         self.write_entry(entry.run, entry.subrun, entry.event, entry.products)
@@ -561,6 +610,8 @@ class LArCV1Writer:
             self._file.cd()
             for tree in self._trees.values():
                 tree.Write("", root.TObject.kOverwrite)
+            for name, text in self._annotations.items():
+                root.TNamed(name, text).Write(name, root.TObject.kOverwrite)
             self._file.Close()
             if self._file.TestBit(root.TFile.kWriteError):
                 raise LArCV1Error("ROOT failed to write the file", path=str(self.path))
@@ -584,6 +635,7 @@ class LArCV1Writer:
 
     def _reset(self) -> None:
         self._trees, self._products, self._file, self._temp = {}, {}, None, None
+        self._annotations = {}
 
 
 def _event_id(name: str, value: int, where: dict[str, Any]) -> int:

@@ -6,8 +6,9 @@ A message is a list of image products.  Each product travels as the triplet of t
     [meta dump + ":(run,subrun,event)"]       one line pair per event of the batch, joined by "\\n"
     [array]                                   ndarray codec: header frame + data frame, shape (k, rows, cols)
 
-so one triplet is four frames.  With a batch of ``k`` events the array stacks the same image (same plane
-position) of ``k`` events, and the meta frame carries ``k`` metas and event ids in the same order::
+so one triplet is four frames.  A reply from a worker that runs a network ends with one more frame, its
+provenance record (:mod:`ssnet_data.provenance`).  With a batch of ``k`` events the array stacks the same image
+(same plane position) of ``k`` events, and the meta frame carries ``k`` metas and event ids in the same order::
 
     Plane 0 (rows,cols) = (512,512) ... Left Top (392,7488) ... Right Bottom (904,4416)
     :(5007,101,3001)
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from ssnet_common.errors import ProtocolError
 from ssnet_common.protocol import Frame, frame_bytes, frame_len
 from ssnet_data.imagemeta import ImageMeta
 from ssnet_data.ndarray import DEFAULT_MAX_NBYTES, decode_array, encode_array
+from ssnet_data.provenance import Record, decode_frame, encode_frame, is_frame
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -120,20 +122,38 @@ class ImageProduct:
         return tuple(ids for _, ids in self.items)
 
 
-def encode_images(products: Sequence[ImageProduct], compression: Optional[str] = None) -> list[Frame]:
-    """Frames of a LArCV1 image message (four per product)."""
+def encode_images(products: Sequence[ImageProduct], compression: Optional[str] = None,
+                  provenance: Optional[Mapping[str, Any]] = None) -> list[Frame]:
+    """Frames of a LArCV1 image message (four per product), and the provenance frame when one is given."""
     frames: list[Frame] = []
     for product in products:
         frames.append(product.name.encode("utf-8"))
         frames.append(format_meta_text(product.items).encode("ascii"))
         frames.extend(encode_array(product.array, compression))
+    if provenance is not None:
+        frames.append(encode_frame(provenance))
     return frames
 
 
 def decode_images(frames: Sequence[Frame], max_nbytes: int = DEFAULT_MAX_NBYTES) -> list[ImageProduct]:
-    """Products of a LArCV1 image message; :class:`ProtocolError` if the frames are not one."""
+    """Products of a LArCV1 image message (a provenance frame is checked and left out)."""
+    return decode_message(frames, max_nbytes)[0]
+
+
+def decode_message(frames: Sequence[Frame], max_nbytes: int = DEFAULT_MAX_NBYTES
+                   ) -> tuple[list[ImageProduct], Optional[Record]]:
+    """Products of a LArCV1 image message and its provenance record (None without one); :class:`ProtocolError`
+    if the frames are not such a message."""
+    provenance = None
+    if len(frames) % 4 == 1 and is_frame(frames[-1]):
+        provenance = decode_frame(frames[-1])
+        frames = frames[:-1]
     if not frames or len(frames) % 4:
         raise ProtocolError(f"a LArCV1 image message has 4 frames per product, got {len(frames)} frames")
+    return _products(frames, max_nbytes), provenance
+
+
+def _products(frames: Sequence[Frame], max_nbytes: int) -> list[ImageProduct]:
     products = []
     for i in range(0, len(frames), 4):
         name_frame, meta_frame, header, data = frames[i:i + 4]

@@ -168,6 +168,16 @@ class Liveness:
         return min(self.next_heartbeat, self.last_received + self.timeout)
 
 
+@dataclass
+class WorkerStatus:
+    """What the worker's ``/readyz`` reads (:meth:`Worker.readiness`): set by :meth:`Worker.run` and its loop, read
+    from the metrics server's threads (single assignments, atomic)."""
+
+    loaded: bool = False  # setup() has finished (the model is loaded)
+    heard: Optional[float] = None  # time.monotonic() of the last message on this connection; None: none yet
+    lost: Optional[str] = None  # why the previous connection was given up
+
+
 # --------------------------------------------------------------------------------------------- plumbing
 
 
@@ -229,6 +239,7 @@ class Worker:
         self._stop_requests: queue.SimpleQueue[_StopRequest] = queue.SimpleQueue()
         self._waker: Optional[Waker] = None
         self._started = False
+        self.status = WorkerStatus()
 
     # ----------------------------------------------------------------------------------- subclass API
     def handle(self, payload: list[Frame]) -> Sequence[Frame]:
@@ -242,6 +253,22 @@ class Worker:
 
     def setup(self) -> None:
         """Called once by :meth:`run` before the worker registers with the broker (e.g. load a model)."""
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when the model is loaded and the worker is registered with a broker it hears: something came
+        from the broker on this connection (the broker heartbeats the workers it registered) within the liveness
+        limit.  Served as ``/readyz`` on the metrics port."""
+        status, config = self.status, self.config
+        heard = status.heard
+        if not status.loaded:
+            return False, "loading: setup() (the model) has not finished"
+        if heard is None:
+            why = status.lost or f"no word yet from the broker at {config.broker}"
+            return False, f"not registered: {why}"
+        age = max(0.0, time.monotonic() - heard)
+        if age >= config.broker_timeout:
+            return False, f"broker silent for {age:.1f} s (limit {config.broker_timeout:g} s)"
+        return True, f"registered as {config.service!r} at {config.broker}; broker heard {age:.1f} s ago"
 
     # ------------------------------------------------------------------------------------------ control
     def stop(self, *, force: bool = False) -> None:
@@ -265,8 +292,18 @@ class Worker:
         if self._started:
             raise RuntimeError("Worker.run() may only be called once")
         self._started = True
-        self.setup()
-        serve_metrics(self.metrics.registry, self.config.metrics_port, self.config.metrics_addr)
+        # /livez from now on, during setup() too; /readyz once the model is loaded and the broker heard
+        server = serve_metrics(self.metrics.registry, self.config.metrics_port, self.config.metrics_addr,
+                               ready=self.readiness)
+        try:
+            self.setup()
+            self.status.loaded = True
+            return self._serve(install_signal_handlers)
+        finally:
+            if server is not None:
+                server.close()
+
+    def _serve(self, install_signal_handlers: bool) -> int:
         context = self._context if self._context is not None else zmq.Context()
         waker = Waker()
         self._waker = waker
@@ -412,6 +449,7 @@ class _Session:
     ) -> None:
         self.config = worker.config
         self.metrics = worker.metrics
+        self.status = worker.status
         self.context = context
         self.waker = waker
         self.runner = runner
@@ -518,6 +556,7 @@ class _Session:
         self.conn = _Connection(sock, self.generation, Liveness(
             self.config.heartbeat_interval, self.config.heartbeat_liveness, now,
         ))
+        self.status.heard = None
         self.poller.register(sock, zmq.POLLIN)
         log.info(
             "connecting to broker %s as service %r (connection %d)",
@@ -531,6 +570,7 @@ class _Session:
         if conn is None:
             return
         self.conn = None
+        self.status.heard, self.status.lost = None, reason
         self.poller.unregister(conn.socket)
         conn.socket.close(linger=0)
         delay = self.backoff.next_delay()
@@ -564,6 +604,7 @@ class _Session:
         conn = self.conn
         if conn is not None:
             self.conn = None
+            self.status.heard, self.status.lost = None, "stopped"
             self.poller.unregister(conn.socket)
             conn.socket.close(linger=int(linger * 1000))
 
@@ -582,7 +623,7 @@ class _Session:
                 self._drop(f"cannot receive from broker: {exc}")
                 return
             now = time.monotonic()
-            self.last_heard = now
+            self.last_heard = self.status.heard = now
             conn.liveness.received(now)
             try:
                 message = decode_to_worker(frames)

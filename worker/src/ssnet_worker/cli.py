@@ -42,17 +42,19 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 from prometheus_client import CollectorRegistry
 
 from ssnet_common.config import (
+    SERVICE_EXIT_STATUSES,
     ArgumentParser,
     EnvOptions,
     add_common_options,
     configure_logging,
+    exit_status,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
 )
 from ssnet_common.curve import add_peer_options, peer_keys
-from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.errors import ConfigError, DataError, SSNetError
 from ssnet_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, WORKER_CONNECT
 from ssnet_common.rendezvous import EndpointWatcher, add_broker_options, broker_from_file
 from ssnet_data.larcv1msg import EventId
@@ -245,7 +247,7 @@ def _kind_name(text: str) -> str:
 def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentParser:
     """The command-line parser; defaults come from ``environ`` (``os.environ`` if not given)."""
     parser = ArgumentParser(
-        prog=PROG, environ=environ,
+        prog=PROG, environ=environ, package="ssnet-worker", epilog=SERVICE_EXIT_STATUSES,
         description="Majordomo (MDP/0.2) worker of ssnet-server: registers a service with the broker and "
         "answers its requests.  Kinds: " + "; ".join(f"{name}: {kind.description}" for name, kind in KINDS.items()),
     )
@@ -312,12 +314,12 @@ def main(argv: Optional[Sequence[str]] = None, environ: Optional[dict[str, str]]
             return worker.run()
         finally:
             watcher.close()
-    except ConfigError as exc:
-        log.error("configuration error: %s", exc)
-        return 2
+    except (ConfigError, DataError) as exc:  # bad options, model files or input files
+        log.error("%s", exc)
+        return exit_status(exc)
     except SSNetError as exc:
         log.error("%s", exc)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed (e.g. during setup)
+        return exit_status(exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C before the signal handlers were installed (e.g. during setup)
         log.info("interrupted")
-        return 130
+        return exit_status(exc)

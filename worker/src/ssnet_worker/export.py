@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ssnet_common.config import ArgumentParser, EnvOptions, configure_logging, log_level
+from ssnet_common.config import ArgumentParser, EnvOptions, configure_logging, exit_status, log_level
 from ssnet_common.errors import ConfigError
 from ssnet_common.files import write_atomically
 from ssnet_worker.engines import DEFAULT_OUTPUT
@@ -29,17 +29,20 @@ PROG = "ssnet-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=PROG, description="Write a Caffe net (prototxt + caffemodel) as ONNX.")
+    parser = ArgumentParser(prog=PROG, package="ssnet-worker",
+                            description="Write a Caffe net (prototxt + caffemodel) as ONNX.")
     options = EnvOptions(parser, prefix="SSNET_EXPORT_")
     options.add("--prototxt", default=None, help="the net's .prototxt (required)")
     options.add("--weights", default=None, help="the net's .caffemodel (required)")
     options.add("--output", "-o", default=None, help="the .onnx file to write (required)")
+    options.add_flag("--force", help="replace the output file if it exists (else refuse to start)")
     options.add("--output-blob", default=DEFAULT_OUTPUT, help="the blob the ONNX model outputs")
     options.add("--log-level", default="INFO", type=log_level, help="logging level (DEBUG, INFO, WARNING, ERROR)")
     return parser
 
 
-def export(prototxt: str, weights: str, output: str, output_blob: str = DEFAULT_OUTPUT) -> bytes:
+def export(prototxt: str, weights: str, output: str, output_blob: str = DEFAULT_OUTPUT, force: bool = True
+           ) -> bytes:
     """The serialized ONNX model of the net, also written atomically to ``output``."""
     try:
         from ssnet_worker.caffe.graph import lower
@@ -51,6 +54,8 @@ def export(prototxt: str, weights: str, output: str, output_blob: str = DEFAULT_
     if target.is_dir() or not target.parent.is_dir():
         raise ConfigError(f"output {output}: " + ("is a directory" if target.is_dir()
                                                   else f"directory {target.parent} does not exist"))
+    if target.exists() and not force:
+        raise ConfigError(f"output {output} exists: give --force to replace it")
     model = load_model(prototxt, weights, output_blob)
     data: bytes = build_onnx(lower(model), model.spec.name or "caffe_net", output_name=output_blob).SerializeToString()
     write_atomically(target, data)
@@ -65,13 +70,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--{name} is required (or SSNET_EXPORT_{name.upper()})")
     configure_logging(args.log_level, PROG)
     try:
-        data = export(args.prototxt, args.weights, args.output, args.output_blob)
+        data = export(args.prototxt, args.weights, args.output, args.output_blob, args.force)
     except ConfigError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return exit_status(exc)
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: cannot write {args.output}: {exc.strerror or exc}\n")
-        return 1
+        return exit_status(exc)
     log.info("wrote %s (%d bytes, sha256 %s)", args.output, len(data), hashlib.sha256(data).hexdigest())
     return 0
 

@@ -25,24 +25,25 @@ from ssnet_common.config import (
     ArgumentParser,
     EnvOptions,
     configure_logging,
+    exit_status,
     log_level,
     non_negative_int,
     positive_int,
 )
-from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.errors import ConfigError, DataError, SSNetError
 from ssnet_common.files import put_in_place, temporary_beside
 from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, PRECISIONS, InputShapeError, make_engine
 
 log = logging.getLogger("ssnet_worker.infer")
 
 
-class InputError(SSNetError):
+class InputError(DataError):
     """The input file cannot be used (missing, not a .npy array, wrong shape)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="ssnet-infer",
+        prog="ssnet-infer", package="ssnet-worker",
         description="Run a Caffe net (SSNet) on each image of an N x C x H x W .npy file and save the output blob.",
     )
     options = EnvOptions(parser, prefix="SSNET_INFER_")
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--weights", default=None, help="the net's .caffemodel (required)")
     options.add("--input", default=None, help="input .npy file: N x C x H x W float32 (required)")
     options.add("--output", default=None, help="output .npy file for the N x K x H x W output blob (required)")
+    options.add_flag("--force", help="replace the output file if it exists (else refuse to start)")
     options.add("--output-blob", default=DEFAULT_OUTPUT, help="name of the blob to save")
     options.add("--device", default="cpu", help="cpu or cuda:N")
     options.add("--gpu", default=None, type=non_negative_int, help="CUDA device id: the same as --device cuda:N")
@@ -86,10 +88,12 @@ def load_input(path: str) -> np.ndarray:
     return array
 
 
-def check_output_path(path: str) -> Path:
+def check_output_path(path: str, force: bool = False) -> Path:
     out = Path(path)
     if out.is_dir():
         raise ConfigError(f"output {path}: is a directory")
+    if out.exists() and not force:
+        raise ConfigError(f"output {path} exists: give --force to replace it")
     parent = out.parent
     if not parent.is_dir():
         raise ConfigError(f"output {path}: directory {parent} does not exist")
@@ -99,8 +103,8 @@ def check_output_path(path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> None:
+    output = check_output_path(args.output, args.force)
     inputs = load_input(args.input)
-    output = check_output_path(args.output)
     device = args.device if args.gpu is None else f"cuda:{args.gpu}"
     engine = make_engine(args.engine, args.prototxt, args.weights, device=device, precision=args.precision,
                          threads=args.threads, output=args.output_blob)
@@ -146,15 +150,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(args.log_level, "ssnet-infer")
     try:
         run(args)
-    except (ConfigError, InputError) as exc:  # bad options, model files or input
+    except (ConfigError, SSNetError, ValueError, RuntimeError, OSError) as exc:  # 2: bad options, models, input
         sys.stderr.write(f"ssnet-infer: error: {exc}\n")
-        return 2
-    except (SSNetError, ValueError, RuntimeError, OSError) as exc:
-        sys.stderr.write(f"ssnet-infer: error: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
+        return exit_status(exc)
+    except KeyboardInterrupt as exc:
         sys.stderr.write("ssnet-infer: interrupted\n")
-        return 130
+        return exit_status(exc)
     return 0
 
 

@@ -5,7 +5,9 @@ operator can put each plane's net on its own GPU and load one net per process). 
 the production preprocessing (pixels below ``threshold`` ADC set to 0, above ``clip`` clipped; switchable off),
 runs the plane's net, and replies, per received image product, two triplets: ``[ssnet_shower, meta, scores]`` and
 ``[ssnet_track, meta, scores]`` (softmax classes 1 and 2; background dropped), with scores zeroed where the input
-is below ``threshold``, float16 by default, metas and run/subrun/event echoed.
+is below ``threshold``, float16 by default, metas and run/subrun/event echoed; every reply ends with the worker's
+provenance record (prototxt and weights by name and sha256, engine, device, precision, software version: see
+:mod:`ssnet_data.provenance`).
 
 Models: a prototxt and one caffemodel per plane, named by a ``models.json`` in the model directory::
 
@@ -35,13 +37,16 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 import numpy as np
 from prometheus_client import Gauge, Histogram
 
+from ssnet_common.config import version_text
 from ssnet_common.errors import ConfigError
 from ssnet_common.metrics import LATENCY_BUCKETS
 from ssnet_data.larcv1msg import ImageProduct, decode_images, encode_images
 from ssnet_data.preprocess import threshold_clip
+from ssnet_data.provenance import file_digest
 from ssnet_data.services import PLANE, parse_sub_service
 from ssnet_worker.base import Worker, WorkerConfig
-from ssnet_worker.engines import make_engine, parse_device
+from ssnet_worker.engines import gpu_index, make_engine, parse_device
+from ssnet_worker.metrics import register_gpu_metrics
 from ssnet_worker.tiling import STITCH_MODES, Stitcher, Tile, tile_grid
 
 if TYPE_CHECKING:
@@ -216,7 +221,11 @@ class SSNetWorker(Worker):
         self.output_dtype = np.dtype(output_dtype)
         self.tiling = tiling
         self.engines: Dict[int, Engine] = {}
+        self.provenance: Dict[str, Any] = {}
         metrics_registry = self.metrics.registry
+        index = gpu_index(self.device)
+        if index is not None:  # the GPU's utilisation and memory beside the worker's own metrics
+            register_gpu_metrics(metrics_registry, index)
         labels = ["plane", "engine", "device"]
         self.load_seconds = Gauge("ssnet_worker_model_load_seconds",
                                   "Time taken to load each plane's network and run a first forward pass",
@@ -245,6 +254,27 @@ class SSNetWorker(Worker):
             log.info("plane %d: %s with %s loaded in %.2f s (%s)", plane, self.models.prototxt.name,
                      self.models.weights[plane].name, seconds, self.engines[plane].describe())
         self._check_tile()
+        self.provenance = self._describe()
+
+    def _describe(self) -> Dict[str, Any]:
+        """The provenance record every reply carries (the same for every request: computed once)."""
+        engine = next(iter(self.engines.values()))
+        tiling = self.tiling
+        return {
+            "software": version_text("ssnet-worker"),
+            "engine": engine.name,
+            "device": engine.device.split(":")[0],  # which GPU does not change the numbers; CPU or GPU may
+            "precision": engine.precision,
+            "output_dtype": self.output_dtype.name,
+            "prototxt": {"file": self.models.prototxt.name, "sha256": file_digest(self.models.prototxt)},
+            "weights": {str(plane): {"file": self.models.weights[plane].name,
+                                     "sha256": file_digest(self.models.weights[plane])} for plane in self.planes},
+            "preprocessing": ({"threshold": self.preprocessing.threshold, "clip": self.preprocessing.clip}
+                              if self.preprocessing.enabled else None),
+            "tiling": None if tiling.tile is None else {"tile": list(tiling.tile) if isinstance(tiling.tile, tuple)
+                                                        else tiling.tile, "overlap": tiling.overlap,
+                                                        "stitch": tiling.stitch},
+        }
 
     def _check_tile(self) -> None:
         tiling = self.tiling
@@ -304,7 +334,7 @@ class SSNetWorker(Worker):
         for p, product in enumerate(products):
             replies += [ImageProduct(self.output_names[0], product.items, shower[p]),
                         ImageProduct(self.output_names[1], product.items, track[p])]
-        return encode_images(replies)
+        return encode_images(replies, provenance=self.provenance)
 
     def _forward(self, plane: int, engine: Engine, chunk: List[_Piece], shower: List[np.ndarray],
                  track: List[np.ndarray]) -> None:
