@@ -169,7 +169,7 @@ def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "event.png"
     out.write_bytes(b"keep me")
     assert show(str(DEMO), "-o", str(out), "--dpi", str(DPI)) == 2
-    assert capsys.readouterr().err == f"ssnet-larcv1: error: {out} exists: give --force to replace it\n"
+    assert capsys.readouterr().err == f"ssnet-larcv1: error: output {str(out)!r} exists: give --force to replace it\n"
     assert out.read_bytes() == b"keep me"
     assert show(str(DEMO), "-o", str(out), "--dpi", str(DPI), "--force") == 0
     assert read_png(out).shape[0] == round(figure_size(3)[1] * DPI)
@@ -195,7 +195,7 @@ def other_event_overlay(tmp_path_factory: pytest.TempPathFactory, demo_entries: 
         ("overlay without score producers", "no Image2D producer 'ssnet_shower' in the file (it has: wire)"),
         ("overlay without track producer", "no Image2D producer 'tracks' in the file"),
         ("overlay without the event", "no entry of run 5007 subrun 101 event 3001 among its 3 entries"),
-        ("no such output directory", "no such directory"),
+        ("no such output directory", "does not exist"),
     ],
 )
 def test_bad_input_is_one_message_and_exit_2(case: str, want: str, tmp_path: Path, request: pytest.FixtureRequest,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 from ssnet_client.base import ClientConfig
-from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, JobStats
+from ssnet_client.jobs import JobStats, add_wait_options
 from ssnet_client.larcv1_client import (
     DRAIN_TIMEOUT,
     MAX_EVENT_ATTEMPTS,
@@ -56,10 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds to wait for a reply before sending the request again")
     options.add("--retries", default=3, type=cfg.non_negative_int,
                 help="times the client re-sends a request that gets no reply within --timeout")
-    options.add("--connect-timeout", default=CONNECT_TIMEOUT, type=cfg.positive_float,
-                help="seconds the broker has to answer before the first request; else exit 1 at once")
-    options.add("--service-wait", default=SERVICE_WAIT, type=cfg.non_negative_float,
-                help="seconds to wait for a worker of the service before the first request; else exit 1")
+    add_wait_options(options)
     options.add("--drain-timeout", default=DRAIN_TIMEOUT, type=cfg.non_negative_float,
                 help="on SIGTERM or SIGINT: stop sending, wait this long for the replies in flight, keep what is "
                      "done in the checkpoint chunks and exit 143 or 130, logging the command that resumes")

@@ -27,6 +27,7 @@ from typing import Any, Callable, Generic, Optional, TypeVar, Union
 import numpy as np
 
 from ssnet_client.base import Client, Reply
+from ssnet_common import config as cfg
 from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import (
     BrokerUnreachable,
@@ -52,6 +53,14 @@ broker's ``queue_timeout``)."""
 SERVICE_POLL = 0.5  # seconds between asking the broker whether a service has a worker yet
 CONNECT_TIMEOUT = 10.0  # seconds a broker has to answer before a job's first request
 SERVICE_WAIT = 60.0  # seconds a job waits for a worker of each service it needs
+
+
+def add_wait_options(options: cfg.EnvOptions) -> None:
+    """``--connect-timeout`` and ``--service-wait``: what :func:`wait_for_service` is given (every job command)."""
+    options.add("--connect-timeout", default=CONNECT_TIMEOUT, type=cfg.positive_float,
+                help="seconds the broker has to answer before the first request; else exit 1 at once")
+    options.add("--service-wait", default=SERVICE_WAIT, type=cfg.non_negative_float,
+                help="seconds to wait for a worker of the service before the first request; else exit 1")
 
 
 def wait_for_service(broker: str, services: Sequence[str], *, connect_timeout: float, service_wait: float,
@@ -268,5 +277,14 @@ class FanOut(Generic[U]):
         raise error
 
 
-__all__ = ["CONNECT_TIMEOUT", "RESUBMITTABLE", "SERVICE_WAIT", "FanOut", "JobStats", "Request", "RetryPolicy",
-           "wait_for_service"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "RESUBMITTABLE",
+    "SERVICE_WAIT",
+    "FanOut",
+    "JobStats",
+    "Request",
+    "RetryPolicy",
+    "add_wait_options",
+    "wait_for_service",
+]

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,8 +33,8 @@ from ssnet_client.show import (
     require_matplotlib,
 )
 from ssnet_common.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ArgumentParser
-from ssnet_common.errors import LArCV1Error
-from ssnet_common.files import write_atomically
+from ssnet_common.errors import ConfigError, LArCV1Error
+from ssnet_common.files import check_output, write_atomically
 from ssnet_data.larcv1 import (
     Image2D,
     LArCV1Reader,
@@ -232,13 +231,10 @@ def add_show_parser(commands: Any) -> None:
 
 def run_show(args: argparse.Namespace) -> int:
     """``ssnet-larcv1 show``: check the output path, read the event (and overlay), render, write atomically."""
-    output = Path(args.output)
-    if output.is_dir():
-        return _error(f"{output} is a directory")
-    if output.exists() and not args.force:
-        return _error(f"{output} exists: give --force to replace it")
-    if not output.parent.is_dir():
-        return _error(f"{output}: no such directory {str(output.parent)!r}")
+    try:
+        output = check_output(args.output, args.force)
+    except ConfigError as exc:
+        return _error(str(exc))
     try:
         require_matplotlib()
     except MissingMatplotlib as exc:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
 import signal
@@ -41,7 +40,7 @@ from ssnet_common.errors import (
     RequestError,
     SSNetError,
 )
-from ssnet_common.files import write_atomically
+from ssnet_common.files import check_output, write_atomically
 from ssnet_common.protocol import CLIENT_CONNECT
 from ssnet_data.imagemeta import ImageMeta
 from ssnet_data.larcv1 import (
@@ -137,19 +136,6 @@ class LArCV1JobConfig:
         if Path(self.output).resolve() in {Path(p).resolve() for p in self.inputs}:
             raise ConfigError(f"output {self.output!r} is also an input")
         check_output(self.output, self.force)
-
-
-def check_output(output: str, force: bool) -> None:
-    """:class:`ConfigError` unless ``output`` can be written: a file in a writable directory, which exists only
-    when ``force`` allows replacing it."""
-    path = Path(output)
-    if path.is_dir():
-        raise ConfigError(f"output {output!r} is a directory, not a file")
-    if path.exists() and not force:
-        raise ConfigError(f"output {output!r} exists: give --force to replace it")
-    folder = path.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write the output {output!r}: {str(folder)!r} is not a writable directory")
 
 
 def producers_from_product_dict(product_dict: Mapping[str, Union[str, Sequence[str]]]) -> tuple[str, ...]:

@@ -27,11 +27,12 @@ from typing import Any, Optional
 from ssnet_client.base import Client, ClientConfig
 from ssnet_client.cli import add_progress_options, run_job
 from ssnet_client.jobs import JobStats
-from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client, check_output
+from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_client.progress import ProgressReport
 from ssnet_common import config as cfg
 from ssnet_common.curve import CurveKeys
 from ssnet_common.errors import ConfigError, SSNetError
+from ssnet_common.files import check_output
 from ssnet_data.regions import Regions
 from ssnet_data.services import plane_service
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Optional, TextIO, Union
 import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
-from ssnet_client.jobs import CONNECT_TIMEOUT, SERVICE_WAIT, wait_for_service
+from ssnet_client.jobs import add_wait_options, wait_for_service
 from ssnet_common import config as cfg
 from ssnet_common.curve import add_peer_options, peer_keys
 from ssnet_common.errors import ConfigError, DataError, ProtocolError, RequestError, SSNetError
@@ -400,10 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seconds to wait for a reply before sending the request again (or failing it)")
     options.add("--retries", default=0, type=cfg.non_negative_int,
                 help="times a request without a reply within --timeout is sent again (0: it counts as an error)")
-    options.add("--connect-timeout", default=CONNECT_TIMEOUT, type=cfg.positive_float,
-                help="seconds the broker has to answer before the first request; else exit 1 at once")
-    options.add("--service-wait", default=SERVICE_WAIT, type=cfg.non_negative_float,
-                help="seconds to wait for a worker of the service before the first request; else exit 1")
+    add_wait_options(options)
     options.add("--csv", default=None, help="also write the table to this CSV file (a header and one row per level)")
     cfg.add_common_options(options)
     return parser

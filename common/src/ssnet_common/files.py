@@ -14,7 +14,26 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Union
 
+from ssnet_common.errors import ConfigError
+
 PathLike = Union[str, Path]
+
+
+def check_output(path: PathLike, force: bool = False) -> Path:
+    """The rule of every command that writes a file, checked before any work: :class:`ConfigError` (exit status
+    2) unless ``path`` is a file in an existing, writable directory that does not exist yet, or ``force``
+    allows replacing it."""
+    out = Path(path)
+    if out.is_dir():
+        raise ConfigError(f"output {str(path)!r} is a directory, not a file")
+    if out.exists() and not force:
+        raise ConfigError(f"output {str(path)!r} exists: give --force to replace it")
+    folder = out.parent
+    if not folder.is_dir():
+        raise ConfigError(f"output {str(path)!r}: directory {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"output {str(path)!r}: directory {str(folder)!r} is not writable")
+    return out
 
 
 def temporary_beside(path: PathLike, suffix: str = ".tmp") -> Path:

@@ -16,12 +16,11 @@ import argparse
 import hashlib
 import logging
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ssnet_common.config import ArgumentParser, EnvOptions, configure_logging, exit_status, log_level
 from ssnet_common.errors import ConfigError
-from ssnet_common.files import write_atomically
+from ssnet_common.files import check_output, write_atomically
 from ssnet_worker.engines import DEFAULT_OUTPUT
 
 log = logging.getLogger("ssnet_worker.export")
@@ -50,12 +49,7 @@ def export(prototxt: str, weights: str, output: str, output_blob: str = DEFAULT_
         from ssnet_worker.caffe.onnxnet import build_onnx
     except ImportError as exc:
         raise ConfigError(f"{exc.name} cannot be imported: pip install 'ssnet-worker[onnx]'") from None
-    target = Path(output)
-    if target.is_dir() or not target.parent.is_dir():
-        raise ConfigError(f"output {output}: " + ("is a directory" if target.is_dir()
-                                                  else f"directory {target.parent} does not exist"))
-    if target.exists() and not force:
-        raise ConfigError(f"output {output} exists: give --force to replace it")
+    target = check_output(output, force)
     model = load_model(prototxt, weights, output_blob)
     data: bytes = build_onnx(lower(model), model.spec.name or "caffe_net", output_name=output_blob).SerializeToString()
     write_atomically(target, data)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from ssnet_common.config import (
     positive_int,
 )
 from ssnet_common.errors import ConfigError, DataError, SSNetError
-from ssnet_common.files import put_in_place, temporary_beside
+from ssnet_common.files import check_output, put_in_place, temporary_beside
 from ssnet_worker.engines import DEFAULT_OUTPUT, ENGINE_NAMES, PRECISIONS, InputShapeError, make_engine
 
 log = logging.getLogger("ssnet_worker.infer")
@@ -88,22 +87,8 @@ def load_input(path: str) -> np.ndarray:
     return array
 
 
-def check_output_path(path: str, force: bool = False) -> Path:
-    out = Path(path)
-    if out.is_dir():
-        raise ConfigError(f"output {path}: is a directory")
-    if out.exists() and not force:
-        raise ConfigError(f"output {path} exists: give --force to replace it")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ConfigError(f"output {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"output {path}: directory {parent} is not writable")
-    return out
-
-
 def run(args: argparse.Namespace) -> None:
-    output = check_output_path(args.output, args.force)
+    output = check_output(args.output, args.force)
     inputs = load_input(args.input)
     device = args.device if args.gpu is None else f"cuda:{args.gpu}"
     engine = make_engine(args.engine, args.prototxt, args.weights, device=device, precision=args.precision,
