@@ -10,6 +10,11 @@
 #                                        Apptainer --nv at run time): `docker/build.sh worker-gpu`.  Several GB;
 #                                        not built by default, and not in this project's CI (no GPU there)
 #   prometheus  ssnet-prometheus:latest  Debian's prometheus package (compose profile `monitoring`)
+#   apptainer   ssnet-apptainer:latest   Debian sid-slim with Apptainer 1.4 and squashfs-tools: singularity/build.sh
+#                                        runs it where Apptainer is not installed (needs debian:sid-slim:
+#                                        `scripts/base-images.sh sid`)
+#   slurm-node  ssnet-slurm-node:latest  ssnet-apptainer plus Slurm and munge: a node of the simulated cluster
+#                                        (scripts/slurm-cluster.sh)
 #
 # Every image installs ssnet_common plus its own package only, from a small build context this script makes:
 #   wheelhouse/  py3-none-any wheels of the project's packages, built here from a copy of the sources (so the
@@ -43,12 +48,16 @@ tag_of() {
     broker) echo ssnet-broker:latest ;; client) echo ssnet-client:latest ;;
     worker) echo ssnet-worker:cpu ;; worker-gpu) echo ssnet-worker:gpu ;;
     prometheus) echo ssnet-prometheus:latest ;;
-    *) echo "build.sh: unknown image $1 (broker, client, worker, worker-gpu, prometheus)" >&2; exit 2 ;;
+    apptainer) echo ssnet-apptainer:latest ;; slurm-node) echo ssnet-slurm-node:latest ;;
+    *) echo "build.sh: unknown image $1 (broker, client, worker, worker-gpu, prometheus, apptainer, slurm-node)" >&2
+       exit 2 ;;
   esac
 }
 packages_of() {
   case $1 in broker) echo common broker ;; client) echo common data client ;; worker*) echo common data worker ;; esac
 }
+# images with no project package in them (their context is their Dockerfile's directory)
+no_wheels() { case $1 in prometheus|apptainer|slurm-node) return 0 ;; *) return 1 ;; esac; }
 # image NAME -> "PYTHON-VERSION GLIBC-MINOR" of its base image, for the wheels of its requirements.txt
 python_of() {
   case $1 in broker|client|worker-gpu) echo "3.11 36" ;; worker) echo "3.9 31" ;; esac  # bookworm; bullseye
@@ -64,7 +73,9 @@ trap 'rm -rf "$work"' EXIT
 
 # The project's wheels, built once for every image.
 wheels=$work/wheels
-if [[ " ${images[*]} " != " prometheus " ]]; then
+need_wheels=0
+for image in "${images[@]}"; do no_wheels "$image" || need_wheels=1; done
+if [ "$need_wheels" = 1 ]; then
   for pkg in common data broker worker client; do
     mkdir -p "$work/src/$pkg"
     cp -r "$pkg/pyproject.toml" "$pkg/src" "$work/src/$pkg/"
@@ -102,6 +113,8 @@ for image in "${images[@]}"; do
   mkdir -p "$ctx"
   if [ "$image" = prometheus ]; then
     cp docker/prometheus/prometheus.yml "$ctx/"
+  elif no_wheels "$image"; then
+    cp -r "$dir/." "$ctx/"
   else
     mkdir -p "$ctx/wheelhouse"
     for pkg in $(packages_of "$image"); do cp "$wheels/ssnet_$pkg"-*.whl "$ctx/wheelhouse/"; done

@@ -2,7 +2,8 @@
 # Make the Debian base images locally (no registry is reachable): debootstrap a minbase rootfs, trim it like
 # the official -slim images, and `docker import` it as debian:<suite>-slim.  An image whose tag already
 # exists is skipped; the rootfs tarballs are cached, so re-creating a removed image takes seconds.
-#   base-images.sh [suite ...]   (default: bullseye bookworm)
+#   base-images.sh [suite ...]   (default: bullseye bookworm; sid for the Apptainer and Slurm-node images,
+#                                scripts/apptainer-image.sh)
 #   SSNET_CACHE_DIR  tarball cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/ssnet-server)
 #   DEBIAN_MIRROR    (default http://deb.debian.org/debian)
 # Delete the cache directory to re-debootstrap (e.g. after changing this script or for newer packages).
@@ -19,11 +20,15 @@ build_rootfs() {  # build_rootfs SUITE TARBALL
   command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends debootstrap; }
   root=$(mktemp -d "$cache/rootfs-$suite.XXXXXX")
   debootstrap --variant=minbase "$suite" "$root" "$mirror"
-  cat > "$root/etc/apt/sources.list" <<SOURCES
+  if [ "$suite" = sid ]; then  # unstable has no -updates or -security suites
+    echo "deb $mirror $suite main" > "$root/etc/apt/sources.list"
+  else
+    cat > "$root/etc/apt/sources.list" <<SOURCES
 deb $mirror $suite main
 deb $mirror $suite-updates main
 deb ${mirror%/debian}/debian-security $suite-security main
 SOURCES
+  fi
   # What the official slim images do: no docs, man pages or translations now or in later installs.
   cat > "$root/etc/dpkg/dpkg.cfg.d/docker-slim" <<'DPKG'
 path-exclude /usr/share/doc/*
