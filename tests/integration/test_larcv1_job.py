@@ -332,7 +332,7 @@ BAD_INPUTS = {
                             "output '{d}/copy.root' is also an input"),
     "start past the end": (["--input", "{s}", "--start", "12"], "no entries to process: range [12, 10) of 10 entries"),
     "no output directory": (["--input", "{s}", "--output", "{d}/nowhere/out.root"],
-                            "'{d}/nowhere' is not a writable directory"),
+                            "directory '{d}/nowhere' does not exist"),
 }
 
 
