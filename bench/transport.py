@@ -1,7 +1,12 @@
-"""Transport benchmark: one 3-plane 512x512 float32 event echoed, four ways, in one run.
+"""Transport benchmark: one sparse 3-plane 512x512 float32 event echoed, several ways, in one run.
 
-1. through the broker: ``Client`` → ``ssnet-broker`` → ``EchoWorker`` and back (the production path), in the
-   clear and with CURVE (Curve25519 authentication and encryption on both hops: what encryption costs);
+The event is what a wire plane looks like (3 % of the pixels nonzero, in short track-like runs:
+:func:`ssnet_client.perf.synthetic_image`), 3.1 MB raw.
+
+1. through the broker: ``Client`` → ``ssnet-broker`` → ``EchoWorker`` and back (the production path), with the
+   arrays raw and in the default wire codec (:data:`ssnet_data.ndarray.DEFAULT_CODEC`, encoded and decoded by the
+   client: what the codec costs is in the figures), in the clear and with CURVE (Curve25519 authentication and
+   encryption on both hops: what encryption costs);
 2. direct: a DEALER sending the same codec frames to a ROUTER echo server (no broker: the floor);
 3. pickle: the list of arrays pickled over REQ/REP (what a naive design would do).
 
@@ -30,10 +35,11 @@ import zmq
 
 from ssnet_client import Client, ClientConfig
 from ssnet_client.local import local_stack, services, stop, wait_for_workers
+from ssnet_client.perf import synthetic_image
 from ssnet_common.curve import CurveKeys, create_keys, peer_keys
-from ssnet_data.ndarray import decode_arrays, encode_arrays
+from ssnet_data.ndarray import DEFAULT_CODEC, decode_arrays, encode_arrays
 
-EVENT = [np.random.default_rng(seed).random((512, 512), dtype=np.float32) for seed in range(3)]
+EVENT = [synthetic_image(np.random.default_rng(seed), 512, 512, 0.03) for seed in range(3)]
 EVENT_BYTES = sum(a.nbytes for a in EVENT)
 
 
@@ -64,18 +70,18 @@ def timed(events: int, one: Callable[[], None]) -> list[float]:
     return times
 
 
-def through_broker(frontend: str, events: int, window: int, curve: Optional[CurveKeys] = None
-                   ) -> tuple[list[float], float]:
+def through_broker(frontend: str, events: int, window: int, curve: Optional[CurveKeys] = None,
+                   codec: Optional[str] = None) -> tuple[list[float], float]:
+    """Each event encoded (``codec``), sent, echoed and its reply decoded: the codec's cost on the client is in."""
     with Client(frontend, ClientConfig(timeout=60, retries=0, window=window, curve=curve)) as client:
-        payload = encode_arrays(EVENT)
 
         def one() -> None:
-            arrays = decode_arrays(client.request("echo", payload))
+            arrays = decode_arrays(client.request("echo", encode_arrays(EVENT, codec)))
             assert arrays[2].shape == (512, 512)
 
         latencies = timed(events, one)
         start = time.perf_counter()
-        for reply in client.imap(("echo", payload) for _ in range(events)):
+        for reply in client.imap(("echo", encode_arrays(EVENT, codec)) for _ in range(events)):
             decode_arrays(reply.payload)
         return latencies, events / (time.perf_counter() - start)
 
@@ -121,6 +127,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200, help="events per path")
     parser.add_argument("--window", type=int, default=4, help="requests in flight for the throughput runs")
     args = parser.parse_args()
+    codec_name = DEFAULT_CODEC or "raw"
     root = Path(tempfile.mkdtemp(prefix="ssnet-bench-"))
     router, rep = f"ipc://{root}/router", f"ipc://{root}/rep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -144,28 +151,36 @@ def main() -> None:
                                "--curve-server", str(broker_key)])
             wait_for_workers(secure.frontend, "echo", secure.workers, client)
             results = {
-                "broker (Client -> broker -> EchoWorker)": through_broker(frontend, args.events, args.window),
-                "broker with CURVE (encrypted, both hops)": through_broker(secure.frontend, args.events, args.window,
-                                                                           client),
+                "broker, raw": through_broker(frontend, args.events, args.window),
+                f"broker, {codec_name}": through_broker(frontend, args.events, args.window, codec=DEFAULT_CODEC),
+                f"broker with CURVE (both hops), {codec_name}": through_broker(
+                    secure.frontend, args.events, args.window, client, codec=DEFAULT_CODEC),
                 "direct DEALER <-> ROUTER": direct(router, args.events, args.window),
                 "pickle over REQ/REP": pickled(rep, args.events),
             }
     finally:
         stop(baselines)
         shutil.rmtree(root, ignore_errors=True)
-    print(f"event: 3 x 512x512 float32 = {EVENT_BYTES / 1e6:.1f} MB; {args.events} events per path; "
-          f"throughput with {args.window} in flight; {os.cpu_count()} cores")
+    encoded = sum(len(memoryview(f)) for f in encode_arrays(EVENT, DEFAULT_CODEC))
+    print(f"event: 3 x 512x512 float32, 3 % nonzero = {EVENT_BYTES / 1e6:.1f} MB raw, {encoded / 1e6:.2f} MB "
+          f"{codec_name}; {args.events} events per path; throughput with {args.window} in flight; "
+          f"{os.cpu_count()} cores; MB/s counts raw bytes")
     print(f"{'path':42s} {'median rtt ms':>14s} {'p90 ms':>8s} {'events/s':>9s} {'MB/s':>8s}")
     for name, (latencies, rate) in results.items():
         print(f"{name:42s} {statistics.median(latencies) * 1e3:14.2f} "
               f"{np.percentile(latencies, 90) * 1e3:8.2f} {rate:9.1f} {rate * EVENT_BYTES / 1e6:8.0f}")
-    broker, curve, direct_, pickle_ = (results[k] for k in results)
-    print(f"ratio CURVE/clear     latency {statistics.median(curve[0]) / statistics.median(broker[0]):.2f}x, "
-          f"throughput {curve[1] / broker[1]:.2f}x")
-    print(f"ratio broker/direct   latency {statistics.median(broker[0]) / statistics.median(direct_[0]):.2f}x, "
-          f"throughput {broker[1] / direct_[1]:.2f}x")
-    print(f"ratio broker/pickle   latency {statistics.median(broker[0]) / statistics.median(pickle_[0]):.2f}x, "
-          f"throughput {broker[1] / pickle_[1]:.2f}x")
+    raw, coded, curve, direct_, pickle_ = (results[k] for k in results)
+
+    def ratio(name: str, a: tuple[list[float], float], b: tuple[list[float], float]) -> None:
+        print(f"ratio {name:38s} latency {statistics.median(a[0]) / statistics.median(b[0]):.2f}x, "
+              f"throughput {a[1] / b[1]:.2f}x")
+
+    ratio(f"CURVE/clear ({codec_name})", curve, coded)
+    ratio("broker raw/direct raw", raw, direct_)
+    ratio(f"broker {codec_name}/broker raw", coded, raw)
+    ratio(f"broker {codec_name}/pickle", coded, pickle_)
+    print(f"throughput ratio, broker with the default codec vs pickle over REQ/REP: {coded[1] / pickle_[1]:.2f}x")
+    print(f"throughput ratio, broker with the default codec vs direct raw: {coded[1] / direct_[1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -183,13 +183,16 @@ def test_worker_killed_mid_epoch_loses_no_entry(
     # --max-attempts 1: the broker gives up on the dead worker's request at once, so the client re-requests it.
     broker_metrics = free_port()
     stack.broker("--max-attempts", "1", metrics_port=broker_metrics)
-    start_batch_workers(stack, broker_metrics, 2, "--batch-input", sample, "--batch-delay", "0.3")
+    ports = start_batch_workers(stack, broker_metrics, 2, "--batch-input", sample, "--batch-delay", "0.3",
+                                metrics=True)
     victim = stack.procs[1][1]
     batches = []
-    with BatchClient(stack.frontend, batch_size=2, seed=3, prefetch=2) as feed:
+    with BatchClient(stack.frontend, batch_size=2, seed=3, prefetch=4) as feed:
         for batch in feed:
             batches.append(batch)
-            if len(batches) == 1:  # both workers are busy now: three requests were out for two workers
+            if len(batches) == 1:  # four requests out for two workers: kill the victim while it holds one
+                wait_until(lambda: scrape(ports[0]).get(("ssnet_worker_busy", (("service", "batch"),))) == 1, 30,
+                           "the victim to hold a request")
                 victim.send_signal(signal.SIGKILL)
         assert feed.stats.resubmits >= 1
     assert victim.wait(10) == -signal.SIGKILL

@@ -153,7 +153,7 @@ def _request_frames(spec_change: dict[str, Any] | None = None, entries: Any = No
     _request_frames({"epoch": 1.0}),
     _request_frames({"index": None}),
     _request_frames({"producers": ["wire", "wire"]}),
-    _request_frames({"compression": "lz4"}),
+    _request_frames({"compression": "gzip"}),
     _request_frames({"extra": 0}),
     _request_frames({"preprocess": {"planes": [0]}}),
     _request_frames({"preprocess": {**Preprocess().to_json(), "crop": [0, 3]}}),

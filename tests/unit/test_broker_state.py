@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
@@ -440,3 +441,57 @@ def test_collector_shows_the_bounds_and_unreachable_workers() -> None:
     assert registry.get_sample_value("ssnet_broker_limit", {"limit": "unknown_service_timeout"}) == 10
     assert registry.get_sample_value("ssnet_broker_rejected_requests_total", {"bound": "max_queued"}) == 0
     assert registry.get_sample_value("ssnet_broker_services", {}) == 1
+
+
+def test_the_queued_total_follows_every_queue() -> None:
+    """``queued()`` is a running total (the bound ``max_queued`` is checked at every request): it must agree with
+    the queues through dispatch, requeue, timeout, refusal and shutdown."""
+    state = make(Limits(heartbeat_interval=1.0, queue_timeout=10.0, max_queue=3, max_attempts=3))
+
+    def agrees() -> bool:
+        return state.queued() == sum(len(s.queue) for s in state.services.values())
+
+    for rid in range(3):
+        request(state, b"c", rid)
+    request(state, b"c", 9, "ghost")
+    [full] = request(state, b"c", 3)  # the queue of "echo" is full: refused, not queued
+    assert client_error(full) == ErrorCode.QUEUE_FULL and state.queued() == 4 and agrees()
+    [given] = ready(state, b"w1", now=1.0)
+    assert state.queued() == 3 and agrees()
+    state.on_worker(b"w1", mdp.Disconnect().encode(), 2.0)  # its request goes back to the front
+    assert state.queued() == 4 and agrees()
+    [again] = ready(state, b"w2", now=2.0)
+    assert request_id(again) == request_id(given)
+    final(state, b"w2", again, now=3.0)
+    assert state.queued() == 2 and agrees()
+    state.purge(11.5)  # "ghost" and request 2 waited too long; w2 expired, its request 1 goes back to the queue
+    assert state.queued() == 1 and agrees()
+    request(state, b"c", 20, now=12.0)
+    request(state, b"c", 21, now=12.0)
+    assert state.queued() == 3 and agrees()
+    state.shutdown()
+    assert state.queued() == 0
+
+
+def test_latency_histogram_exposes_what_prometheus_client_would() -> None:
+    from prometheus_client import Histogram
+
+    from ssnet_broker.metrics import LatencyHistogram
+    from ssnet_common.metrics import LATENCY_BUCKETS
+
+    theirs = Histogram("x_seconds", "doc", ["service"], buckets=LATENCY_BUCKETS, registry=None)
+    ours = LatencyHistogram("x_seconds", "doc", LATENCY_BUCKETS)
+    for value in (0.0, 0.0005, 0.001, 0.0011, 0.3, 5.0, 600.0, 1e6):  # on a bound, between, beyond the last
+        theirs.labels(service="a").observe(value)
+        ours.observe("a", value)
+    theirs.labels(service="b")
+    ours.labels("b")
+
+    def samples(family: Any) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for s in family.samples if not s.name.endswith("_created")]
+
+    [expected] = theirs.collect()
+    got = ours.collect()
+    assert (got.name, got.type, got.documentation) == (expected.name, expected.type, expected.documentation)
+    assert samples(got) == samples(expected)
+    assert [s.labels for s in got.samples if s.name.endswith("_created")] == [{"service": "a"}, {"service": "b"}]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
+import threading
 import tracemalloc
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 
 from ssnet_common.errors import LArCV1Error
 from ssnet_data.imagemeta import ImageMeta
-from ssnet_data.larcv1 import Image2D, LArCV1Entry, LArCV1Reader, list_image2d_producers
+from ssnet_data.larcv1 import READ_THREADS, Image2D, LArCV1Entry, LArCV1Reader, list_image2d_producers
 
 pytestmark = pytest.mark.py39  # runs on Python 3.9 too (make pytest39)
 
@@ -60,10 +63,11 @@ def assert_entry_matches(entry: LArCV1Entry, expected: dict[str, Any]) -> None:
         assert len(nonzero) == want["nonzero"]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("name", [SMALL, FULL])
-def test_every_image_of_every_entry_equals_the_manifest(name: str) -> None:
+def test_every_image_of_every_entry_equals_the_manifest(name: str, threads: int) -> None:
     expected = expected_entries(name)
-    reader = LArCV1Reader(sample(name), "wire")
+    reader = LArCV1Reader(sample(name), "wire", threads=threads)
     assert len(reader) == len(expected)
     entries = list(reader)
     assert [entry.entry for entry in entries] == list(range(len(expected)))
@@ -133,8 +137,11 @@ def test_index_out_of_range_is_an_error(index: int) -> None:
     assert SMALL in str(info.value)
 
 
-def test_streaming_holds_a_few_entries_whatever_the_input_size() -> None:
-    reader = LArCV1Reader([sample(FULL)] * 6, "wire")  # 12 entries of 3 images, 33 MB of pixels each
+# A chunk holds two of these entries.  Decompressing its baskets at once (threads) keeps both baskets' compressed
+# and uncompressed bytes alive together for a while: about one entry more at the peak than one after the other.
+@pytest.mark.parametrize(("threads", "entries"), [(1, 6), (2, 7), (4, 7)])
+def test_streaming_holds_a_few_entries_whatever_the_input_size(threads: int, entries: int) -> None:
+    reader = LArCV1Reader([sample(FULL)] * 6, "wire", threads=threads)  # 12 entries of 3 images, 33 MB each
     entry_bytes = sum(image.pixels.nbytes for image in reader[0].images)
     tracemalloc.start()
     try:
@@ -143,7 +150,72 @@ def test_streaming_holds_a_few_entries_whatever_the_input_size() -> None:
     finally:
         tracemalloc.stop()
     assert total == 12 * entry_bytes
-    assert peak < 6 * entry_bytes, f"peak {peak / 1e6:.0f} MB for entries of {entry_bytes / 1e6:.0f} MB"
+    assert peak < entries * entry_bytes, f"peak {peak / 1e6:.0f} MB for entries of {entry_bytes / 1e6:.0f} MB"
+
+
+# ---------------------------------------------------------------------------------- decompression threads
+READ_THREAD = "ssnet-larcv1-read"  # the names of the reader's decompression threads start so
+
+
+def reading_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith(READ_THREAD)]
+
+
+def test_the_default_number_of_threads_is_a_few_and_at_most_the_cpus() -> None:
+    assert LArCV1Reader(sample(SMALL), "wire").threads == READ_THREADS
+    assert 1 <= READ_THREADS <= min(4, os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, True, "2"])
+def test_threads_must_be_a_whole_number_from_one(threads: Any) -> None:
+    with pytest.raises(LArCV1Error, match="threads must be a whole number, at least 1"):
+        LArCV1Reader(sample(SMALL), "wire", threads=threads)
+
+
+def test_decompression_threads_run_while_iterating_and_stop_when_it_ends() -> None:
+    list(LArCV1Reader(sample(SMALL), "wire", threads=1))  # uproot's own helper threads (fsspec) start once
+    before = set(threading.enumerate())
+    reader = LArCV1Reader([sample(SMALL), sample(SMALL)], "wire", threads=3)
+    entries = iter(reader)
+    next(entries)
+    assert 1 <= len(reading_threads()) <= 3  # started for the first chunk's baskets, at most 3
+    assert sum(1 for _ in entries) == 2 * 10 - 1  # across the two files: one pool for the whole iteration
+    assert reading_threads() == [] and set(threading.enumerate()) <= before  # none left behind
+    reader[3]  # a single entry is read in the calling thread
+    assert reading_threads() == []
+
+
+def test_closing_an_iteration_half_way_stops_its_threads() -> None:
+    reader = LArCV1Reader([sample(SMALL), sample(FULL)], "wire", threads=2)
+    with closing(reader.iter_range(3)) as entries:
+        assert next(entries).entry == 3
+        assert reading_threads()
+    assert reading_threads() == []
+
+
+def test_closing_an_iteration_from_the_thread_that_ran_it_stops_its_threads() -> None:
+    # as a client's read-ahead thread does: it iterates, then closes the iteration it leaves
+    reader = LArCV1Reader(sample(SMALL), "wire", threads=2)
+    seen: list[int] = []
+
+    def consume() -> None:
+        with closing(iter(reader)) as entries:
+            seen.extend(entry.entry for entry, _ in zip(entries, range(4)))
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    thread.join()
+    assert seen == [0, 1, 2, 3] and reading_threads() == []
+
+
+def test_a_read_error_stops_the_threads(tmp_path: Path) -> None:
+    data = bytearray(sample(SMALL).read_bytes())
+    data[1_500_000:1_501_000] = bytes(1000)  # inside the compressed pixels of a middle entry
+    path = tmp_path / "corrupted.root"
+    path.write_bytes(bytes(data))
+    with pytest.raises(LArCV1Error, match="cannot read entries"):
+        list(LArCV1Reader(path, "wire", threads=3))  # the error comes from a decompression thread
+    assert reading_threads() == []
 
 
 def test_images_of_a_single_producer_entry() -> None:

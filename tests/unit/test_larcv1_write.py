@@ -189,6 +189,76 @@ def test_images_without_pixels(tmp_path: Path) -> None:
     assert_same_images(LArCV1Reader(out, "wire")[0].images, images)
 
 
+def stored_bits(path: Path, producer: str = "wire") -> list[list[tuple[ImageMeta, bytes]]]:
+    """Per entry, per image: the meta and the bytes of the pixels as stored (column by column, float32)."""
+    return [
+        [(image.meta, np.asfortranarray(image.pixels).tobytes(order="F")) for image in entry.products[producer]]
+        for entry in LArCV1Reader(path, producer)
+    ]
+
+
+@needs_root
+def test_any_layout_and_dtype_of_pixels_is_written_as_the_c_contiguous_float32_array(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows, cols = 37, 53  # not multiples of any block size
+    # Exactly representable in float16, so every dtype below holds the same numbers; with the values whose
+    # bits matter: signed zeros, infinities, NaN, float16 subnormals.
+    half = rng.standard_normal((rows, cols)).astype(np.float16)
+    half.flat[:6] = [-0.0, np.inf, -np.inf, np.nan, np.float16(2.0**-24), -np.float16(2.0**-20)]
+    reference = half.astype(np.float32)
+    assert reference.flags.c_contiguous
+    big = np.zeros((3 * rows, 2 * cols), np.float32)
+    big[1::3, ::-2] = reference
+    transposed = np.ascontiguousarray(reference.T)
+    layouts = {
+        "c float32": reference,
+        "fortran float32": np.asfortranarray(reference),
+        "transposed view": transposed.T,
+        "strided, reversed columns": big[1::3, ::-2],
+        "reversed rows": np.ascontiguousarray(reference[::-1])[::-1],
+        "c float64": reference.astype(np.float64),
+        "fortran float64": np.asfortranarray(reference, dtype=np.float64),
+        "c float16": half,
+        "strided float16": np.repeat(half, 2, axis=1)[:, ::2],
+    }
+    for name, pixels in layouts.items():
+        assert np.array_equal(pixels, reference, equal_nan=True), name
+    assert not layouts["strided, reversed columns"].flags.c_contiguous
+    assert not layouts["strided, reversed columns"].flags.f_contiguous
+
+    paths = {}
+    for name, pixels in layouts.items():
+        paths[name] = tmp_path / f"{name.replace(' ', '_').replace(',', '')}.root"
+        with LArCV1Writer(paths[name], "wire") as writer:
+            writer.write_entry(1, 2, 3, {"wire": [(meta(rows, cols, 1), pixels), (meta(cols, rows, 2), pixels.T)]})
+            writer.write_entry(1, 2, 4, {"wire": [Image2D(meta(rows, cols, 0), pixels)]})
+    want = stored_bits(paths["c float32"])
+    assert want == [
+        [(meta(rows, cols, 1), reference.tobytes(order="F")), (meta(cols, rows, 2), reference.tobytes(order="C"))],
+        [(meta(rows, cols, 0), reference.tobytes(order="F"))],
+    ]
+    for name, path in paths.items():
+        assert stored_bits(path) == want, name
+
+
+@needs_root
+def test_entries_of_changing_image_counts_and_sizes(tmp_path: Path) -> None:
+    # The writer reuses the previous entry's images (and their pixel storage): shrinking, growing and
+    # emptying them must leave nothing of the previous entry behind.
+    rng = np.random.default_rng(5)
+    shapes = [[(5, 7), (2, 3)], [(2, 3), (4, 4), (9, 1)], [(9, 1)], [], [(3, 3), (0, 2), (6, 6)], [(1, 1)]]
+    entries = [[random_image(rng, r, c, plane) for plane, (r, c) in enumerate(shape)] for shape in shapes]
+    out = tmp_path / "changing.root"
+    with LArCV1Writer(out, ["wire", "segment"]) as writer:
+        for number, images in enumerate(entries):
+            writer.write_entry(1, 1, number, {"wire": images, "segment": images[::-1]})
+    written = list(LArCV1Reader(out, producers=["wire", "segment"]))
+    assert len(written) == len(entries)
+    for entry, images in zip(written, entries):
+        assert_same_images(entry.products["wire"], images)
+        assert_same_images(entry.products["segment"], images[::-1])
+
+
 @needs_root
 @pytest.mark.parametrize("ids", [(2**63 + 5, 2**64 - 2, 0), (0, 0, 0), (2**32, 2**40 + 1, 2**64 - 2)])
 def test_64_bit_ids_are_exact(tmp_path: Path, ids: tuple[int, int, int]) -> None:

@@ -435,3 +435,42 @@ def test_sub_service_names_have_one_rule() -> None:
         parse_sub_service("ssnet_planeX", PLANE)
     with pytest.raises(ValueError, match="0 or more"):
         plane_service("ssnet", -1)
+
+
+# ------------------------------------------------------------------------------------------------ the fast paths
+def test_frame_sizes_for_every_frame_type() -> None:
+    matrix = np.zeros((3, 5), dtype=np.float32)
+    frames: list[Any] = [b"abc", bytearray(b"abcd"), memoryview(matrix), zmq.Frame(b"abcde"), memoryview(b"")]
+    assert [mdp.frame_len(f) for f in frames] == [3, 4, 60, 5, 0]
+    assert mdp.frames_nbytes(frames) == 72
+    assert [mdp.frame_bytes(f) for f in (b"x", bytearray(b"y"), zmq.Frame(b"z"))] == [b"x", b"y", b"z"]
+
+
+def test_encoders_without_message_objects_match_encode() -> None:
+    for delimited in (False, True):
+        for final in (False, True):
+            assert (mdp.client_reply_frames("echo", BODY, final=final, delimited=delimited)
+                    == mdp.ClientReply("echo", BODY, final=final, delimited=delimited).encode())
+        assert (mdp.worker_request_frames(b"client", BODY, delimited=delimited)
+                == mdp.WorkerRequest(b"client", BODY, delimited=delimited).encode())
+
+
+def test_peek_envelope() -> None:
+    assert mdp.peek_envelope(mdp.request_body(7, [b"x"]).encode()) == (mdp.BodyKind.REQUEST, 7)
+    assert mdp.peek_envelope([zmq.Frame(f) for f in mdp.error_body(9, "queue_full", "m").encode()]) == (3, 9)
+    assert mdp.peek_envelope([envelope(99, 5)]) == (99, 5)  # the kind is not checked here
+    for plain in ([], [b""], [b"plain body"], [b"SSN\x02" + bytes(9)], [mdp.ENVELOPE_MAGIC + bytes(10)]):
+        assert mdp.peek_envelope(plain) is None
+
+
+def test_checked_service_names_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mdp, "SERVICE_NAMES_KEPT", 10)
+    monkeypatch.setattr(mdp, "_SERVICE_NAMES", {})
+    for i in range(25):
+        assert mdp.decode_client_request([C, b"\x01", b"svc%d" % i]).service == f"svc{i}"
+        assert len(mdp._SERVICE_NAMES) <= 10
+    with pytest.raises(ProtocolError):  # a bad name is never remembered as good
+        mdp.decode_client_request([C, b"\x01", b"bad name"])
+    with pytest.raises(ProtocolError):
+        mdp.decode_client_request([C, b"\x01", b"bad name"])
+    assert b"bad name" not in mdp._SERVICE_NAMES

@@ -19,7 +19,7 @@ from ssnet_common.protocol import (
 )
 from ssnet_data.imagemeta import ImageMeta
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
-from ssnet_worker.base import Liveness, Worker, WorkerConfig
+from ssnet_worker.base import Liveness, Worker, WorkerConfig, _Job, _Runner
 from ssnet_worker.cli import KINDS, build_parser, config_from_args, main
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 
@@ -98,6 +98,7 @@ def test_config_defaults() -> None:
         {"heartbeat_liveness": 0}, {"heartbeat_liveness": 1.5},
         {"reconnect_min": 0}, {"reconnect_min": 4.0, "reconnect_max": 2.0},
         {"metrics_port": 70000}, {"metrics_port": -1}, {"shutdown_linger": -1},
+        {"slots": 0}, {"slots": 257}, {"slots": True}, {"batch_wait": -0.001}, {"batch_wait": 61},
     ],
 )
 def test_config_rejects(kwargs: dict[str, object]) -> None:
@@ -145,6 +146,65 @@ def test_plain_bodies_are_answered_raw() -> None:
     assert ok and [frame_bytes(f) for f in reply] == [b"hello", b"world"]
     reply, ok = FailingWorker(config()).answer([b"hello"])
     assert not ok and [frame_bytes(f) for f in reply] == [b"error", b"worker_error", b"KeyError: 'no such thing'"]
+
+
+class PickyWorker(Worker):
+    """Batches: records the requests handed over together; payload b"bad" fails that request alone."""
+
+    def __init__(self) -> None:
+        super().__init__(config())
+        self.batches: list[int] = []
+
+    def handle_many(self, payloads: list[list[Frame]]) -> list[Sequence[Frame] | BaseException]:
+        self.batches.append(len(payloads))
+        return [ValueError("bad one") if frame_bytes(p[0]) == b"bad" else [b"ok", p[0]] for p in payloads]
+
+
+def test_answer_many_hands_every_request_over_at_once_and_fails_only_the_bad_one() -> None:
+    worker = PickyWorker()
+    bodies = [request_body(1, [b"a"]).encode(), request_body(2, [b"bad"]).encode(), [b"plain"],
+              result_body(3, [b"x"]).encode()]
+    (one, ok1), (two, ok2), (plain, ok3), (wrong, ok4) = worker.answer_many(bodies)
+    assert worker.batches == [3]  # the RESULT body is refused before handle_many
+    assert ok1 and [frame_bytes(f) for f in decode_body(one).payload] == [b"ok", b"a"]
+    assert not ok2 and decode_body(two).request_id == 2 and decode_body(two).error[1] == "ValueError: bad one"
+    assert ok3 and [frame_bytes(f) for f in plain] == [b"ok", b"plain"]
+    assert not ok4 and decode_body(wrong).request_id == 3
+
+
+class MiscountingWorker(Worker):
+    def handle_many(self, payloads: list[list[Frame]]) -> list[Sequence[Frame] | BaseException]:
+        return []
+
+
+def test_a_wrong_number_of_replies_fails_every_request() -> None:
+    replies = MiscountingWorker(config()).answer_many([request_body(1, []).encode(), request_body(2, []).encode()])
+    assert [ok for _, ok in replies] == [False, False]
+    assert decode_body(replies[0][0]).error[1] == "RuntimeError: handle_many() gave 0 replies for 2 requests"
+
+
+class _FakeWaker:
+    def __init__(self) -> None:
+        self.woken = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def test_the_runner_takes_the_jobs_in_hand_together_up_to_the_slots() -> None:
+    seen: list[list[int]] = []
+
+    def answer(jobs: Sequence[_Job]) -> list:  # type: ignore[type-arg]
+        seen.append([job.slot for job in jobs])
+        return []
+
+    runner = _Runner(answer, _FakeWaker(), slots=3, batch_wait=5.0)  # type: ignore[arg-type]
+    try:
+        for slot in range(5):  # the first three fill the slots at once; the last two wait out batch_wait (5 s)...
+            runner.submit(_Job(slot, 1, b"client", [b"x"], True))
+    finally:
+        runner.close(wait=True)  # ...unless the queue closes first: they go at once
+    assert seen == [[0, 1, 2], [3, 4]]
 
 
 def test_sleep_worker_validates_its_argument() -> None:

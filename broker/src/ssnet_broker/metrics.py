@@ -3,27 +3,67 @@
 :class:`BrokerCollector` is a custom collector: gauges and counters are computed from the
 :class:`~ssnet_broker.state.BrokerState` (its services, workers and :class:`~ssnet_broker.state.Counters`) and
 the loop's :class:`~ssnet_broker.broker.Traffic` when Prometheus asks; the two latency histograms need
-observations, so the loop feeds them the state's events through :meth:`BrokerCollector.observe`.
+observations, so the loop feeds them the state's events through :meth:`BrokerCollector.observe`, a batch at a
+time.  Observing is a bucket index found by bisection and two additions (:class:`LatencyHistogram`); the
+samples are made at scrape time, as prometheus_client's ``Histogram`` would expose them.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
-from prometheus_client import Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from ssnet_broker.state import Dispatched, Outcome
 from ssnet_common.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from prometheus_client.core import Metric
-
     from ssnet_broker.broker import Traffic
     from ssnet_broker.state import BrokerState, Event
+
+
+class LatencyHistogram:
+    """A histogram family by ``service``: bucket counts and sums kept here (not in prometheus_client's per-sample
+    locked values), exposed with the samples prometheus_client's ``Histogram`` gives (``_bucket`` by ``le``,
+    ``_count``, ``_sum``, ``_created``).  Not thread-safe: observe and collect under one lock."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = sorted(float(b) for b in buckets)
+        self.les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self.series: dict[str, tuple[list[int], list[float]]] = {}  # service -> (counts by bucket, [sum, created])
+
+    def labels(self, service: str) -> tuple[list[int], list[float]]:
+        """The series of ``service``, made (at zero) if new."""
+        found = self.series.get(service)
+        if found is None:
+            found = self.series[service] = ([0] * (len(self.bounds) + 1), [0.0, time.time()])
+        return found
+
+    def observe(self, service: str, value: float) -> None:
+        counts, total = self.series.get(service) or self.labels(service)
+        counts[bisect_left(self.bounds, value)] += 1  # the first bucket whose bound is >= value (le)
+        total[0] += value
+
+    def describe(self) -> Metric:
+        return Metric(self.name, self.documentation, "histogram")
+
+    def collect(self) -> Metric:
+        family = self.describe()
+        for service, (counts, (total, created)) in self.series.items():
+            cumulative = 0
+            for le, count in zip(self.les, counts):
+                cumulative += count
+                family.add_sample(f"{self.name}_bucket", {"service": service, "le": le}, float(cumulative))
+            family.add_sample(f"{self.name}_count", {"service": service}, float(cumulative))
+            family.add_sample(f"{self.name}_sum", {"service": service}, total)
+            family.add_sample(f"{self.name}_created", {"service": service}, created)
+        return family
 
 
 class BrokerCollector:
@@ -38,21 +78,21 @@ class BrokerCollector:
         self.lock = threading.Lock() if lock is None else lock
         self.clock = clock  # the state's clock, for heartbeat ages
         self.started = time.time()  # every counter starts at zero with the state: their _created time
-        self.latency = Histogram("ssnet_broker_request_duration_seconds",
-                                 "Time from a request's arrival to its final reply or error", ["service"],
-                                 buckets=LATENCY_BUCKETS, registry=None)
-        self.queue_wait = Histogram("ssnet_broker_queue_wait_seconds",
-                                    "Time a request waited in the queue before a worker took it", ["service"],
-                                    buckets=LATENCY_BUCKETS, registry=None)
+        self.latency = LatencyHistogram("ssnet_broker_request_duration_seconds",
+                                        "Time from a request's arrival to its final reply or error", LATENCY_BUCKETS)
+        self.queue_wait = LatencyHistogram("ssnet_broker_queue_wait_seconds",
+                                           "Time a request waited in the queue before a worker took it",
+                                           LATENCY_BUCKETS)
         self._seen: set[str] = set()  # gauge labels ever exposed: a service that went away reads zero
 
     def observe(self, events: Iterable[Event]) -> None:
-        """Feed the histograms (called by the loop with :meth:`BrokerState.drain_events`)."""
+        """Feed the histograms (called by the loop with :meth:`BrokerState.drain_events`, holding ``lock``)."""
+        wait, latency = self.queue_wait.observe, self.latency.observe
         for event in events:
             if isinstance(event, Dispatched):
-                self.queue_wait.labels(service=event.service).observe(event.waited)
+                wait(event.service, event.waited)
             else:
-                self.latency.labels(service=event.service).observe(event.seconds)
+                latency(event.service, event.seconds)
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry detect clashes and serve ``?name[]=`` queries)."""
@@ -98,9 +138,8 @@ class BrokerCollector:
                                             labels=["side"])
         added = [unreachable, rejected, services, limits, auth_failures]
         if now is None:
-            [latency], [queue_wait] = self.latency.describe(), self.queue_wait.describe()
-            return [workers, queued, heartbeat_age, requests, latency, queue_wait, heartbeats, expirations,
-                    requeues, traffic, malformed, *added]
+            return [workers, queued, heartbeat_age, requests, self.latency.describe(), self.queue_wait.describe(),
+                    heartbeats, expirations, requeues, traffic, malformed, *added]
 
         state, counters, created = self.state, self.state.counters, self.started
         # gauges: the current state
@@ -150,5 +189,5 @@ class BrokerCollector:
             limits.add_metric([name], float(value))
         for side in ("client", "worker"):
             auth_failures.add_metric([side], self.traffic.auth_failures[side], created)
-        return [workers, queued, heartbeat_age, requests, *self.latency.collect(), *self.queue_wait.collect(),
+        return [workers, queued, heartbeat_age, requests, self.latency.collect(), self.queue_wait.collect(),
                 heartbeats, expirations, requeues, traffic, malformed, *added]

@@ -54,8 +54,7 @@ class Side(enum.Enum):
     WORKER = "worker"
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message to send: on the client (frontend) or worker (backend) socket, to ``identity``;
     ``request``: it hands the worker a request (if it cannot be delivered, the request never reached it)."""
 
@@ -108,22 +107,25 @@ class Finished(NamedTuple):
 Event = Union[Dispatched, Finished]
 
 
-@dataclass
 class Request:
-    client: bytes
-    message: mdp.ClientRequest
-    received: float
-    queued: float
-    attempts: int = 0
-    request_id: Optional[int] = None  # set for requests in our format
+    """A client's request while the broker holds it (queued, or with a worker)."""
 
-    @property
-    def key(self) -> Optional[tuple[bytes, int]]:
-        return None if self.request_id is None else (self.client, self.request_id)
+    __slots__ = ("attempts", "client", "key", "message", "queued", "received", "request_id", "service")
 
-    @property
-    def service(self) -> str:
-        return self.message.service
+    def __init__(self, client: bytes, message: mdp.ClientRequest, received: float, queued: float,
+                 attempts: int = 0, request_id: Optional[int] = None) -> None:
+        self.client = client
+        self.message = message
+        self.service = message.service
+        self.received = received
+        self.queued = queued
+        self.attempts = attempts
+        self.request_id = request_id  # set for requests in our format
+        self.key: Optional[tuple[bytes, int]] = None if request_id is None else (client, request_id)
+
+    def __repr__(self) -> str:
+        return (f"Request(client={self.client!r}, service={self.service!r}, request_id={self.request_id}, "
+                f"attempts={self.attempts})")
 
 
 @dataclass
@@ -172,6 +174,8 @@ class BrokerState:
         self.next_heartbeat = now + limits.heartbeat_interval
         self.counters = Counters()
         self.events: deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._worker_ttl = limits.worker_ttl
+        self._queued = 0  # requests in all the services' queues (changed with them)
 
     # ----------------------------------------------------------------------------------- queries
     def has_workers(self, service: str) -> bool:
@@ -183,7 +187,8 @@ class BrokerState:
         return service if service in self.registered else UNKNOWN_SERVICE_LABEL
 
     def queued(self) -> int:
-        return sum(len(s.queue) for s in self.services.values())
+        """Requests waiting for a worker, in all services."""
+        return self._queued
 
     def next_timer(self, now: float) -> float:
         """Seconds until the next heartbeat is due (the loop's longest poll)."""
@@ -200,38 +205,45 @@ class BrokerState:
         """A message from client ``identity``.  Raises :class:`ProtocolError` for malformed frames."""
         message = mdp.decode_client_request(frames)
         request_id = None
-        if mdp.is_ours(message.body):
-            body = mdp.decode_body(message.body)
-            if body.kind != mdp.BodyKind.REQUEST:
+        envelope = mdp.peek_envelope(message.body)
+        if envelope is not None:
+            kind, request_id = envelope
+            if kind != mdp.BodyKind.REQUEST:
                 raise ProtocolError("a client may only send REQUEST bodies")
-            request_id = body.request_id
-        if message.service.startswith(mdp.MMI_PREFIX):
+        name = message.service
+        if name.startswith(mdp.MMI_PREFIX):
             reply = mdp.mmi_reply(message, self.has_workers)
             return [Outgoing(Side.CLIENT, identity, reply.encode())]
-        request = Request(identity, message, received=now, queued=now, request_id=request_id)
-        if request.key is not None and request.key in self.pending:
-            log.debug("dropped retry of request %d of client %s: already in hand", request_id, identity.hex())
+        request = Request(identity, message, now, now, request_id=request_id)
+        key = request.key
+        if key is not None and key in self.pending:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("dropped retry of request %d of client %s: already in hand", request_id, identity.hex())
             return []
-        refused = self._refusal(message.service)
+        service = self.services.get(name)
+        refused = self._refusal(name, service)
         if refused is not None:
             bound, why = refused
             self.counters.rejected[bound] += 1
             return [self._fail(request, Outcome.QUEUE_FULL, why, now, quiet=True)]
-        service = self._service(message.service)
-        if request.key is not None:
-            self.pending.add(request.key)
+        if service is None:
+            service = self.services[name] = Service(name)
+        if key is not None:
+            self.pending.add(key)
         service.queue.append(request)
+        self._queued += 1
         return self._dispatch(service, now)
 
-    def _refusal(self, name: str) -> Optional[tuple[str, str]]:
-        """(bound, why) if a request for service ``name`` would overstep a bound of the state, else None."""
+    def _refusal(self, name: str, service: Optional[Service]) -> Optional[tuple[str, str]]:
+        """(bound, why) if a request for service ``name`` (held as ``service``, or not held) would overstep a
+        bound of the state, else None."""
         limits = self.limits
-        service = self.services.get(name)
-        if service is None and len(self.services) >= limits.max_services:
-            return "max_services", f"the broker holds {len(self.services)} services, its most; not {name!r}"
-        if service is not None and len(service.queue) >= limits.max_queue:
+        if service is None:
+            if len(self.services) >= limits.max_services:
+                return "max_services", f"the broker holds {len(self.services)} services, its most; not {name!r}"
+        elif len(service.queue) >= limits.max_queue:
             return "max_queue", f"queue of service {name!r} is full ({limits.max_queue} requests)"
-        if self.queued() >= limits.max_queued:
+        if self._queued >= limits.max_queued:
             return "max_queued", f"the broker holds {limits.max_queued} queued requests, its most"
         return None
 
@@ -241,8 +253,10 @@ class BrokerState:
         message = mdp.decode_from_worker(frames)
         worker = self.workers.get(identity)
         if worker is not None:
-            worker.expires = now + self.limits.worker_ttl
+            worker.expires = now + self._worker_ttl
             worker.last_seen = now
+            if message.__class__ is mdp.WorkerReply:  # the common case first
+                return self._on_reply(worker, message, now)
         if isinstance(message, mdp.Ready):
             return self._on_ready(identity, message, worker, now)
         if isinstance(message, mdp.Disconnect):
@@ -272,7 +286,7 @@ class BrokerState:
             log.warning("worker %s sent %s: sending DISCONNECT", identity.hex(), reason)
             out = self._remove(known, now, "protocol violation") if known is not None else []
             return [*out, Outgoing(Side.WORKER, identity, mdp.Disconnect(ready.delimited).encode())]
-        worker = Worker(identity, ready.service, ready.delimited, now + self.limits.worker_ttl, now)
+        worker = Worker(identity, ready.service, ready.delimited, now + self._worker_ttl, now)
         self.workers[identity] = worker
         self.registered.add(ready.service)
         service = self._service(ready.service)
@@ -287,16 +301,20 @@ class BrokerState:
             log.warning("worker %s answered a request it does not hold: sending DISCONNECT", worker.identity.hex())
             out = self._remove(worker, now, "protocol violation")
             return [*out, Outgoing(Side.WORKER, worker.identity, mdp.Disconnect(worker.delimited).encode())]
-        answer = mdp.ClientReply(request.service, reply.body, final=reply.final, delimited=request.message.delimited)
-        out = [Outgoing(Side.CLIENT, request.client, answer.encode())]
+        answer = mdp.client_reply_frames(request.service, reply.body, final=reply.final,
+                                         delimited=request.message.delimited)
+        out = [Outgoing(Side.CLIENT, request.client, answer)]
         if not reply.final:
             return out
         worker.request = None
-        self._forget(request)
+        if request.key is not None:
+            self.pending.discard(request.key)
         service = self._service(worker.service)
         service.idle[worker.identity] = worker  # most recently used: back of the queue
         self._finished(request, Outcome.WORKER_ERROR if mdp.is_error_body(reply.body) else Outcome.OK, now)
-        return out + self._dispatch(service, now)
+        if service.queue:
+            out += self._dispatch(service, now)
+        return out
 
     # ------------------------------------------------------------------------------ timers
     def purge(self, now: float) -> list[Outgoing]:
@@ -313,6 +331,7 @@ class BrokerState:
             late = [r for r in service.queue if r.queued < deadline]
             if late:
                 service.queue = deque(r for r in service.queue if r.queued >= deadline)
+                self._queued -= len(late)
             for request in late:
                 if known:
                     out.append(self._fail(request, Outcome.QUEUE_TIMEOUT,
@@ -339,6 +358,7 @@ class BrokerState:
         self.workers.clear()
         self.services.clear()
         self.pending.clear()
+        self._queued = 0
         return out
 
     # ------------------------------------------------------------------------------ internals
@@ -354,14 +374,16 @@ class BrokerState:
 
     def _dispatch(self, service: Service, now: float) -> list[Outgoing]:
         out = []
-        while service.idle and service.queue:
-            _, worker = service.idle.popitem(last=False)
-            request = service.queue.popleft()
+        idle, queue = service.idle, service.queue
+        while idle and queue:
+            _, worker = idle.popitem(last=False)
+            request = queue.popleft()
+            self._queued -= 1
             request.attempts += 1
             worker.request = request
             self.events.append(Dispatched(service.name, now - request.queued))
-            message = mdp.WorkerRequest(request.client, request.message.body, delimited=worker.delimited)
-            out.append(Outgoing(Side.WORKER, worker.identity, message.encode(), request=True))
+            frames = mdp.worker_request_frames(request.client, request.message.body, delimited=worker.delimited)
+            out.append(Outgoing(Side.WORKER, worker.identity, frames, True))
         return out
 
     def _remove(self, worker: Worker, now: float, why: str) -> list[Outgoing]:
@@ -384,6 +406,7 @@ class BrokerState:
                 self.counters.requeues[service.name] += 1
                 request.queued = now
                 service.queue.appendleft(request)
+                self._queued += 1
                 out += self._dispatch(service, now)
         self._forget_if_unused(service)
         return out
@@ -397,8 +420,9 @@ class BrokerState:
         """The error reply for ``request``; ``quiet``: logged at DEBUG only (refusals a flood may cause by the
         thousand: the metrics count them)."""
         self._forget(request)
-        log.log(logging.DEBUG if quiet else logging.WARNING, "request of client %s for %r failed: %s",
-                request.client.hex(), request.service, message)
+        level = logging.DEBUG if quiet else logging.WARNING
+        if log.isEnabledFor(level):  # a flood of refusals formats nothing
+            log.log(level, "request of client %s for %r failed: %s", request.client.hex(), request.service, message)
         self._finished(request, outcome, now)
         reply = mdp.broker_error(request.message, outcome.value, message)
         return Outgoing(Side.CLIENT, request.client, reply.encode())

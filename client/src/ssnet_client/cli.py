@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 from ssnet_client.base import ClientConfig
-from ssnet_client.jobs import JobStats, add_wait_options
+from ssnet_client.jobs import JobStats, add_wait_options, add_wire_codec_option, wire_codec
 from ssnet_client.larcv1_client import (
     DRAIN_TIMEOUT,
     MAX_EVENT_ATTEMPTS,
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "naming it (fail), or leave it out, list it in <output>.failed.json and exit 3 (skip)")
     options.add_flag("--per-plane", help="send each image as its own request to service <service>_plane<p>")
     options.add_flag("--copy-input", help="also write the input producers into the output file")
-    options.add("--compression", default="none", choices=("none", "zlib"), help="compress the arrays sent")
+    add_wire_codec_option(options)
     options.add("--checkpoint", default=0, type=cfg.non_negative_int,
                 help="keep finished entries in chunk files of this many entries beside the output "
                      "(<output>.chunks/), so a failed run can be resumed; 0: off")
@@ -100,7 +100,7 @@ def config_from_args(args: argparse.Namespace, server_key: Optional[bytes] = Non
         inputs=tuple(args.input), output=args.output, producers=tuple(args.producer), service=args.service,
         broker=args.broker, batch_size=args.batch_size, start=args.start, end=args.end,
         force=args.force, copy_input=args.copy_input, per_plane=args.per_plane,
-        compression=None if args.compression == "none" else args.compression,
+        wire_codec=wire_codec(args),
         checkpoint=args.checkpoint, resume=args.resume, max_event_attempts=args.max_event_attempts,
         on_error=args.on_error, connect_timeout=args.connect_timeout, service_wait=args.service_wait,
         drain_timeout=args.drain_timeout,

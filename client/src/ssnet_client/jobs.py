@@ -39,6 +39,7 @@ from ssnet_common.errors import (
 )
 from ssnet_common.protocol import MMI_FOUND, frames_nbytes
 from ssnet_common.transport import mmi_service
+from ssnet_data.ndarray import COMPRESSIONS, DEFAULT_CODEC
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ broker's ``queue_timeout``)."""
 SERVICE_POLL = 0.5  # seconds between asking the broker whether a service has a worker yet
 CONNECT_TIMEOUT = 10.0  # seconds a broker has to answer before a job's first request
 SERVICE_WAIT = 60.0  # seconds a job waits for a worker of each service it needs
+RAW = "raw"  # --wire-codec's name for no codec (the array's bytes as they are)
 
 
 def add_wait_options(options: cfg.EnvOptions) -> None:
@@ -61,6 +63,19 @@ def add_wait_options(options: cfg.EnvOptions) -> None:
                 help="seconds the broker has to answer before the first request; else exit 1 at once")
     options.add("--service-wait", default=SERVICE_WAIT, type=cfg.non_negative_float,
                 help="seconds to wait for a worker of the service before the first request; else exit 1")
+
+
+def add_wire_codec_option(options: cfg.EnvOptions) -> None:
+    """``--wire-codec`` (old spelling ``--compression``): how the arrays a job sends are encoded
+    (:mod:`ssnet_data.ndarray`; workers answer in the codec they were sent).  :func:`wire_codec` reads it."""
+    options.add("--wire-codec", "--compression", default=DEFAULT_CODEC or RAW, choices=[c or RAW for c in COMPRESSIONS],
+                help="encoding of the image arrays on the wire; the default sends only the nonzero pixels of the "
+                     "sparse detector images (raw: every byte, zero copy; zlib, lz4, sparse-lz4: compressed)")
+
+
+def wire_codec(args: Any) -> Optional[str]:
+    """The codec ``--wire-codec`` names (None: raw)."""
+    return None if args.wire_codec == RAW else str(args.wire_codec)
 
 
 def wait_for_service(broker: str, services: Sequence[str], *, connect_timeout: float, service_wait: float,

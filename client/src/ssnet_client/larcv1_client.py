@@ -53,6 +53,7 @@ from ssnet_data.larcv1 import (
     read_annotation,
 )
 from ssnet_data.larcv1msg import EventId, ImageProduct, decode_message, encode_images
+from ssnet_data.ndarray import DEFAULT_CODEC
 from ssnet_data.provenance import OBJECT_NAME as PROVENANCE
 from ssnet_data.provenance import ProvenanceLog, Record
 from ssnet_data.regions import Regions, crop_meta, place
@@ -96,7 +97,7 @@ class LArCV1JobConfig:
     copy_input: bool = False
     force: bool = False  # replace an existing output file
     per_plane: bool = False  # one request per image, to service "<service>_plane<p>"
-    compression: Optional[str] = None
+    wire_codec: Optional[str] = DEFAULT_CODEC
     checkpoint: int = 0  # entries per chunk file (0: no chunk files)
     resume: bool = False
     regions: Optional[Regions] = None  # send only these crops; write whole views, zero outside them
@@ -310,11 +311,11 @@ class SimpleLArCV1Client:
         if not products:
             return
         if not self.config.per_plane:
-            yield self.config.service, encode_images(products, self.config.compression)
+            yield self.config.service, encode_images(products, self.config.wire_codec)
             return
         for product in products:
             plane = product.items[0][0].plane
-            yield plane_service(self.config.service, plane), encode_images([product], self.config.compression)
+            yield plane_service(self.config.service, plane), encode_images([product], self.config.wire_codec)
 
     def _products(self, batch: _Batch) -> Iterator[ImageProduct]:
         """Per producer and image position, the image of every entry of the batch, stacked; with regions, each
@@ -508,7 +509,8 @@ _DONE = object()
 def _prefetch(items: Iterator[T], depth: int) -> Generator[T, None, None]:
     """``items``, produced by a background thread up to ``depth`` ahead (reading overlaps the rest).
 
-    Errors of the producer are raised here, in order; closing this generator stops the thread.
+    Errors of the producer are raised here, in order; closing this generator stops the thread, which closes
+    ``items`` first (a reader's iteration: its decompression threads stop too).
     """
     slots: queue.Queue[tuple[Any, Optional[BaseException]]] = queue.Queue(depth)
     stop = threading.Event()
@@ -531,6 +533,10 @@ def _prefetch(items: Iterator[T], depth: int) -> Generator[T, None, None]:
             put(_DONE, exc)
         else:
             put(_DONE)
+        finally:  # here, in the thread that ran it: a reader's decompression threads stop before this one
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, name="ssnet-reader", daemon=True)
     thread.start()

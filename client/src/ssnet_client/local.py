@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from ssnet_client.base import Client, ClientConfig
 from ssnet_client.cli import add_progress_options, run_job
-from ssnet_client.jobs import JobStats
+from ssnet_client.jobs import JobStats, add_wire_codec_option, wire_codec
 from ssnet_client.larcv1_client import LArCV1JobConfig, SimpleLArCV1Client
 from ssnet_client.progress import ProgressReport
 from ssnet_common import config as cfg
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     options.add("--regions", default=None, help="JSON file of boxes to send instead of whole images, as "
                                                 "ssnet-client --regions")
     options.add("--window", default=8, type=cfg.positive_int, help="requests in flight at once")
+    options.add("--slots", default=1, type=cfg.positive_int,
+                help="requests each worker holds at once (ssnet-worker --slots: SSNet runs them as shared forward "
+                     "passes)")
+    add_wire_codec_option(options)
     options.add("--heartbeat-interval", default=1.0, type=cfg.positive_float,
                 help="broker/worker heartbeat interval (seconds)")
     options.add_flag("--per-plane", help="ssnet: one request per plane to services ssnet_plane<p>, with "
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def worker_commands(args: argparse.Namespace) -> tuple[str, list[list[str]]]:
     """The service the client asks for, and one ``ssnet-worker`` argument list per worker to start."""
-    kind_args = ["--kind", args.kind]
+    kind_args = ["--kind", args.kind, "--slots", str(args.slots)]
     if args.kind == "ssnet":
         kind_args += ["--ssnet-model-dir", args.model_dir or shipped(TINY_MODEL), "--ssnet-engine", args.engine,
                       "--ssnet-device", args.device]
@@ -235,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config = LArCV1JobConfig(
                 inputs=(source,), output=output, producers=(args.producer,), service=service, broker=frontend,
                 batch_size=args.batch_size, per_plane=args.per_plane, regions=regions, force=args.force,
-                client=ClientConfig(window=args.window),
+                wire_codec=wire_codec(args), client=ClientConfig(window=args.window),
             )
             return output, SimpleLArCV1Client(config, progress=progress).run()
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Optional, TextIO, Union
 import numpy as np
 
 from ssnet_client.base import Client, ClientConfig, Reply
-from ssnet_client.jobs import add_wait_options, wait_for_service
+from ssnet_client.jobs import add_wait_options, add_wire_codec_option, wait_for_service, wire_codec
 from ssnet_common import config as cfg
 from ssnet_common.curve import add_peer_options, peer_keys
 from ssnet_common.errors import ConfigError, DataError, ProtocolError, RequestError, SSNetError
@@ -174,7 +174,7 @@ def file_events(path: str, producer: str, count: int) -> list[PerfEvent]:
 
 
 def build_requests(events: Sequence[PerfEvent], producer: str, batch_size: int = 1,
-                   compression: Optional[str] = None) -> list[PerfRequest]:
+                   codec: Optional[str] = None) -> list[PerfRequest]:
     """Requests of ``batch_size`` consecutive events each (the pool is repeated to a multiple of it), as
     ``ssnet-client`` builds them: per image position one product of the events' images stacked."""
     if not events:
@@ -194,7 +194,7 @@ def build_requests(events: Sequence[PerfEvent], producer: str, batch_size: int =
                          np.stack([event.images[i][1] for event in batch]))
             for i in range(len(layout))
         ]
-        frames = encode_images(products, compression)
+        frames = encode_images(products, codec)
         requests.append(PerfRequest(frames, tuple(event.ids for event in batch), frames_nbytes(frames)))
     return requests
 
@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add("--pool", default=16, type=cfg.positive_int,
                help="distinct events built (or read) before measuring, then sent in turn")
     events.add("--batch-size", default=1, type=cfg.positive_int, help="events per request, as ssnet-client")
-    events.add("--compression", default="none", choices=("none", "zlib"), help="compress the arrays sent")
+    add_wire_codec_option(events)
     options.add("--timeout", default=120.0, type=cfg.positive_float,
                 help="seconds to wait for a reply before sending the request again (or failing it)")
     options.add("--retries", default=0, type=cfg.non_negative_int,
@@ -429,8 +429,7 @@ def run(args: argparse.Namespace, rows: list[Row], stream: TextIO) -> int:
     if args.csv is not None and not Path(args.csv).resolve().parent.is_dir():
         raise ConfigError(f"--csv {args.csv!r}: no such directory {str(Path(args.csv).resolve().parent)!r}")
     events = load_events(args)
-    pool = build_requests(events, args.producer, args.batch_size,
-                          None if args.compression == "none" else args.compression)
+    pool = build_requests(events, args.producer, args.batch_size, wire_codec(args))
     found = broker_from_file(args)  # --broker-file: wait for the broker's endpoint file
     if found is not None:
         args.broker = found.frontend

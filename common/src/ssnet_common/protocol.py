@@ -38,6 +38,15 @@ if TYPE_CHECKING:
 else:
     Frame = object
 
+_SIZED: frozenset[type] = frozenset({bytes, bytearray})
+"""Frame types whose ``len()`` is their size in bytes (a memoryview's is not, unless its items are bytes)."""
+try:
+    import zmq as _zmq
+
+    _SIZED |= {_zmq.Frame}
+except ImportError:  # pragma: no cover - pyzmq is a dependency, but this module itself never needs it
+    pass
+
 CLIENT_PROTOCOL = b"MDPC02"
 WORKER_PROTOCOL = b"MDPW02"
 
@@ -57,6 +66,12 @@ class WorkerCommand(IntEnum):
     DISCONNECT = 0x06
 
 
+_COMMANDS: dict[type[IntEnum], dict[bytes, IntEnum]] = {
+    kind: {bytes([command]): command for command in kind} for kind in (ClientCommand, WorkerCommand)
+}
+_REQUEST, _PARTIAL, _FINAL = (bytes([c]) for c in (ClientCommand.REQUEST, ClientCommand.PARTIAL, ClientCommand.FINAL))
+_W_READY, _W_REQUEST, _W_PARTIAL, _W_FINAL, _W_HEARTBEAT, _W_DISCONNECT = (bytes([c]) for c in WorkerCommand)
+
 MMI_PREFIX = "mmi."
 MMI_SERVICE = "mmi.service"
 MMI_FOUND = b"200"
@@ -68,8 +83,9 @@ EMPTY = b""
 
 
 def frame_bytes(frame: Frame) -> bytes:
-    """The content of one frame as ``bytes`` (a copy: use for small control frames only)."""
-    return bytes(frame)  # type: ignore[arg-type]
+    """The content of one frame as ``bytes`` (``bytes`` as they are, anything else copied: use for small control
+    frames only)."""
+    return frame if frame.__class__ is bytes else bytes(frame)  # type: ignore[arg-type]
 
 
 def frame_view(frame: Frame) -> memoryview:
@@ -78,26 +94,49 @@ def frame_view(frame: Frame) -> memoryview:
 
 
 def frame_len(frame: Frame) -> int:
-    return frame_view(frame).nbytes
+    """The size of one frame in bytes."""
+    return len(frame) if frame.__class__ in _SIZED else frame_view(frame).nbytes
 
 
 def frames_nbytes(frames: Sequence[Frame]) -> int:
     """Total payload size of a message, for byte counters."""
-    return sum(frame_len(f) for f in frames)
+    total = 0
+    for frame in frames:
+        total += len(frame) if frame.__class__ in _SIZED else frame_view(frame).nbytes
+    return total
 
 
-def _strip_delimiter(frames: Sequence[Frame]) -> tuple[bool, Sequence[Frame]]:
-    if frames and frame_len(frames[0]) == 0:
-        return True, frames[1:]
-    return False, frames
+_DELIMITED: tuple[Frame, ...] = (EMPTY,)
+_BARE: tuple[Frame, ...] = ()
 
 
-def _delimiter(delimited: bool) -> list[Frame]:
-    return [EMPTY] if delimited else []
+def _delimiter(delimited: bool) -> tuple[Frame, ...]:
+    return _DELIMITED if delimited else _BARE
+
+
+def _start(frames: Sequence[Frame]) -> int:
+    """Where a message starts: 1 after an empty delimiter frame, else 0."""
+    return 1 if frames and frame_len(frames[0]) == 0 else 0
+
+
+_SERVICE_NAMES: dict[bytes, str] = {}
+"""Service names already checked, by their frame (a message's service is checked once, not at every message)."""
+SERVICE_NAMES_KEPT = 1024  # past it the cache starts again: a flood of distinct names cannot grow it
 
 
 def _decode_service(frame: Frame) -> str:
     raw = frame_bytes(frame)
+    name = _SERVICE_NAMES.get(raw)
+    if name is not None:
+        return name
+    name = _check_service(raw)
+    if len(_SERVICE_NAMES) >= SERVICE_NAMES_KEPT:
+        _SERVICE_NAMES.clear()
+    _SERVICE_NAMES[raw] = name
+    return name
+
+
+def _check_service(raw: bytes) -> str:
     if not 0 < len(raw) <= MAX_SERVICE_NAME:
         raise ProtocolError(f"service name must be 1..{MAX_SERVICE_NAME} bytes, got {len(raw)}")
     try:
@@ -116,6 +155,9 @@ def validate_service_name(name: str) -> str:
 
 def _command(frame: Frame, kind: type[IntEnum], what: str) -> int:
     raw = frame_bytes(frame)
+    found = _COMMANDS[kind].get(raw)  # a dict look-up: an enum call costs ten times more
+    if found is not None:
+        return found
     if len(raw) != 1:
         raise ProtocolError(f"{what} command frame must be 1 byte, got {len(raw)}")
     try:
@@ -144,10 +186,7 @@ class ClientRequest:
     delimited: bool = False
 
     def encode(self) -> list[Frame]:
-        return [
-            *_delimiter(self.delimited), CLIENT_PROTOCOL, bytes([ClientCommand.REQUEST]),
-            self.service.encode("ascii"), *self.body,
-        ]
+        return [*_delimiter(self.delimited), CLIENT_PROTOCOL, _REQUEST, self.service.encode("ascii"), *self.body]
 
 
 @dataclass(frozen=True)
@@ -160,23 +199,26 @@ class ClientReply:
     delimited: bool = False
 
     def encode(self) -> list[Frame]:
-        command = ClientCommand.FINAL if self.final else ClientCommand.PARTIAL
-        return [
-            *_delimiter(self.delimited), CLIENT_PROTOCOL, bytes([command]),
-            self.service.encode("ascii"), *self.body,
-        ]
+        return client_reply_frames(self.service, self.body, final=self.final, delimited=self.delimited)
+
+
+def client_reply_frames(service: str, body: Sequence[Frame], *, final: bool = True, delimited: bool = False
+                        ) -> list[Frame]:
+    """``ClientReply(service, body, final, delimited).encode()`` without making the message object."""
+    return [*_delimiter(delimited), CLIENT_PROTOCOL, _FINAL if final else _PARTIAL, service.encode("ascii"), *body]
 
 
 def _decode_client(frames: Sequence[Frame], allowed: tuple[ClientCommand, ...]) -> tuple[bool, int, str, list[Frame]]:
-    delimited, rest = _strip_delimiter(frames)
-    if len(rest) < 3:
-        raise ProtocolError(f"MDP client message needs at least 3 frames, got {len(rest)}")
-    if frame_bytes(rest[0]) != CLIENT_PROTOCOL:
-        raise ProtocolError(f"expected protocol {CLIENT_PROTOCOL!r}, got {frame_bytes(rest[0])[:16]!r}")
-    command = _command(rest[1], ClientCommand, "MDP client")
+    start = _start(frames)
+    if len(frames) - start < 3:
+        raise ProtocolError(f"MDP client message needs at least 3 frames, got {len(frames) - start}")
+    protocol = frame_bytes(frames[start])
+    if protocol != CLIENT_PROTOCOL:
+        raise ProtocolError(f"expected protocol {CLIENT_PROTOCOL!r}, got {protocol[:16]!r}")
+    command = _command(frames[start + 1], ClientCommand, "MDP client")
     if command not in allowed:
         raise ProtocolError(f"unexpected MDP client command {ClientCommand(command).name}")
-    return delimited, command, _decode_service(rest[2]), list(rest[3:])
+    return start == 1, command, _decode_service(frames[start + 2]), list(frames[start + 3:])
 
 
 def decode_client_request(frames: Sequence[Frame]) -> ClientRequest:
@@ -200,10 +242,7 @@ class Ready:
     delimited: bool = False
 
     def encode(self) -> list[Frame]:
-        return [
-            *_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.READY]),
-            self.service.encode("ascii"),
-        ]
+        return [*_delimiter(self.delimited), WORKER_PROTOCOL, _W_READY, self.service.encode("ascii")]
 
 
 @dataclass(frozen=True)
@@ -215,10 +254,12 @@ class WorkerRequest:
     delimited: bool = False
 
     def encode(self) -> list[Frame]:
-        return [
-            *_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.REQUEST]),
-            self.client, EMPTY, *self.body,
-        ]
+        return worker_request_frames(self.client, self.body, delimited=self.delimited)
+
+
+def worker_request_frames(client: bytes, body: Sequence[Frame], *, delimited: bool = False) -> list[Frame]:
+    """``WorkerRequest(client, body, delimited).encode()`` without making the message object."""
+    return [*_delimiter(delimited), WORKER_PROTOCOL, _W_REQUEST, client, EMPTY, *body]
 
 
 @dataclass(frozen=True)
@@ -231,8 +272,8 @@ class WorkerReply:
     delimited: bool = False
 
     def encode(self) -> list[Frame]:
-        command = WorkerCommand.FINAL if self.final else WorkerCommand.PARTIAL
-        return [*_delimiter(self.delimited), WORKER_PROTOCOL, bytes([command]), self.client, EMPTY, *self.body]
+        command = _W_FINAL if self.final else _W_PARTIAL
+        return [*_delimiter(self.delimited), WORKER_PROTOCOL, command, self.client, EMPTY, *self.body]
 
 
 @dataclass(frozen=True)
@@ -240,7 +281,7 @@ class Heartbeat:
     delimited: bool = False
 
     def encode(self) -> list[Frame]:
-        return [*_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.HEARTBEAT])]
+        return [*_delimiter(self.delimited), WORKER_PROTOCOL, _W_HEARTBEAT]
 
 
 @dataclass(frozen=True)
@@ -248,39 +289,46 @@ class Disconnect:
     delimited: bool = False
 
     def encode(self) -> list[Frame]:
-        return [*_delimiter(self.delimited), WORKER_PROTOCOL, bytes([WorkerCommand.DISCONNECT])]
+        return [*_delimiter(self.delimited), WORKER_PROTOCOL, _W_DISCONNECT]
 
 
 FromWorker = Union[Ready, WorkerReply, Heartbeat, Disconnect]
 ToWorker = Union[WorkerRequest, Heartbeat, Disconnect]
 
 
+_HEARTBEATS = {False: Heartbeat(False), True: Heartbeat(True)}  # immutable: one of each serves every message
+_DISCONNECTS = {False: Disconnect(False), True: Disconnect(True)}
+
+
 def _decode_worker(frames: Sequence[Frame], allowed: tuple[WorkerCommand, ...]) -> FromWorker | ToWorker:
-    delimited, rest = _strip_delimiter(frames)
-    if len(rest) < 2:
-        raise ProtocolError(f"MDP worker message needs at least 2 frames, got {len(rest)}")
-    if frame_bytes(rest[0]) != WORKER_PROTOCOL:
-        raise ProtocolError(f"expected protocol {WORKER_PROTOCOL!r}, got {frame_bytes(rest[0])[:16]!r}")
-    command = _command(rest[1], WorkerCommand, "MDP worker")
+    start = _start(frames)
+    delimited = start == 1
+    size = len(frames) - start
+    if size < 2:
+        raise ProtocolError(f"MDP worker message needs at least 2 frames, got {size}")
+    protocol = frame_bytes(frames[start])
+    if protocol != WORKER_PROTOCOL:
+        raise ProtocolError(f"expected protocol {WORKER_PROTOCOL!r}, got {protocol[:16]!r}")
+    command = _command(frames[start + 1], WorkerCommand, "MDP worker")
     if command not in allowed:
         raise ProtocolError(f"unexpected MDP worker command {WorkerCommand(command).name}")
     if command in (WorkerCommand.HEARTBEAT, WorkerCommand.DISCONNECT):
-        if len(rest) != 2:
+        if size != 2:
             raise ProtocolError(f"{WorkerCommand(command).name} takes no frames after the command")
-        return Heartbeat(delimited) if command == WorkerCommand.HEARTBEAT else Disconnect(delimited)
+        return _HEARTBEATS[delimited] if command == WorkerCommand.HEARTBEAT else _DISCONNECTS[delimited]
     if command == WorkerCommand.READY:
-        if len(rest) != 3:
-            raise ProtocolError(f"READY takes exactly one service frame, got {len(rest) - 2} frames")
-        return Ready(_decode_service(rest[2]), delimited)
-    if len(rest) < 4 or frame_len(rest[3]) != 0:
+        if size != 3:
+            raise ProtocolError(f"READY takes exactly one service frame, got {size - 2} frames")
+        return Ready(_decode_service(frames[start + 2]), delimited)
+    if size < 4 or frame_len(frames[start + 3]) != 0:
         raise ProtocolError(f"{WorkerCommand(command).name} needs a client address and an empty delimiter")
-    client = frame_bytes(rest[2])
+    client = frame_bytes(frames[start + 2])
     if not client:
         raise ProtocolError(f"{WorkerCommand(command).name} has an empty client address")
-    body = list(rest[4:])
+    body = list(frames[start + 4:])
     if command == WorkerCommand.REQUEST:
         return WorkerRequest(client, body, delimited)
-    return WorkerReply(client, body, final=command == WorkerCommand.FINAL, delimited=delimited)
+    return WorkerReply(client, body, command == WorkerCommand.FINAL, delimited)
 
 
 def decode_from_worker(frames: Sequence[Frame]) -> FromWorker:
@@ -368,12 +416,28 @@ def plain_error_body(code: str, message: str) -> list[Frame]:
 
 def is_ours(body: Sequence[Frame]) -> bool:
     """Whether an MDP body starts with our envelope (cheap: looks at the first frame only)."""
-    return bool(body) and frame_len(body[0]) == ENVELOPE_SIZE and frame_bytes(body[0])[:4] == ENVELOPE_MAGIC
+    return peek_envelope(body) is not None
+
+
+def peek_envelope(body: Sequence[Frame]) -> Optional[tuple[int, int]]:
+    """``(kind, request id)`` from the envelope an MDP body in our format starts with, or None for any other body
+    (looks at the first frame only; the kind is not checked, and never raises)."""
+    if not body:
+        return None
+    first = body[0]
+    if frame_len(first) != ENVELOPE_SIZE:
+        return None
+    raw = frame_bytes(first)
+    if not raw.startswith(ENVELOPE_MAGIC):
+        return None
+    _, kind, request_id = _ENVELOPE.unpack(raw)
+    return kind, request_id
 
 
 def is_error_body(body: Sequence[Frame]) -> bool:
     """Whether an MDP body is one of our ERROR bodies (looks at the envelope only; never raises)."""
-    return is_ours(body) and frame_bytes(body[0])[4] == BodyKind.ERROR
+    envelope = peek_envelope(body)
+    return envelope is not None and envelope[0] == BodyKind.ERROR
 
 
 def decode_body(body: Sequence[Frame]) -> Body:

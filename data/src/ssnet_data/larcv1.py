@@ -6,14 +6,17 @@ images, each with its :class:`ImageMeta` and its pixels stored column by column 
 Entry ``i`` of every producer's tree belongs to the same event.
 
 Reading uses uproot (pure Python) and streams: at most about ``_CHUNK_BYTES`` of uncompressed data is held
-at a time, whatever the file size.  Writing uses ROOT's Python bindings, declaring classes with the genuine
-names, members and member order, so the files carry the genuine streamer checksums and LArCV1 reads them.
+at a time, whatever the file size; the baskets of a chunk are decompressed by several threads at once
+(:data:`READ_THREADS`; zlib, LZMA, LZ4 and ZStandard let other threads run meanwhile).  Writing uses ROOT's
+Python bindings, declaring classes with the genuine names, members and member order, so the files carry the
+genuine streamer checksums and LArCV1 reads them.
 uproot and ROOT are imported only when a file is read or written.
 """
 
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -25,7 +28,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -46,6 +49,19 @@ ImageLike = Union["Image2D", Tuple[ImageMeta, "npt.ArrayLike"]]
 
 INVALID_ID = 2**64 - 1
 """``larcv::kINVALID_SIZE``: LArCV1 treats an event whose run, subrun or event equals it as having no id."""
+
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system tells it, else all of them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+READ_THREADS = min(4, _usable_cpus())
+"""Threads of a :class:`LArCV1Reader` that decompress baskets in parallel, by default: up to 4, no more than the
+CPUs usable.  1: none, the reading thread decompresses."""
 
 _CHUNK_BYTES = 64 * 1024**2
 _TRANSPOSE_BLOCK = 64
@@ -154,6 +170,10 @@ class LArCV1Reader:
     ``LArCV1Reader(paths, producers=["wire", "segment"])`` reads several at once (``entry.products``), and
     checks that they agree on every entry's run, subrun and event.  Files are opened when entries are read
     and closed after, so a reader holds no open file between calls.
+
+    ``threads``: how many threads decompress the baskets of each chunk of entries in parallel while iterating
+    (1: the iterating thread does it all).  They exist only while an iteration is under way: they stop when it
+    ends, fails or is closed (``close()`` on the iterator, or leaving a ``with closing(...)`` block).
     """
 
     def __init__(
@@ -162,9 +182,13 @@ class LArCV1Reader:
         producer: str | None = None,
         *,
         producers: Sequence[str] | None = None,
+        threads: int = READ_THREADS,
     ) -> None:
         if (producer is None) == (producers is None):
             raise LArCV1Error("give either one producer or a sequence of producers")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise LArCV1Error(f"threads must be a whole number, at least 1, got {threads!r}")
+        self.threads = threads
         wanted = (producer,) if producer is not None else tuple(producers or ())
         if not wanted or len(set(wanted)) != len(wanted):
             raise LArCV1Error(f"producers must be distinct and at least one, got {list(wanted)}")
@@ -198,7 +222,7 @@ class LArCV1Reader:
         (entry,) = self._read_file(source, local, local + 1)
         return entry
 
-    def __iter__(self) -> Iterator[LArCV1Entry]:
+    def __iter__(self) -> Generator[LArCV1Entry, None, None]:
         return self.iter_range()
 
     def locate(self, index: int) -> tuple[Path, int]:
@@ -208,7 +232,7 @@ class LArCV1Reader:
         source = self._sources[bisect.bisect_right([s.first for s in self._sources], index) - 1]
         return source.path, index - source.first
 
-    def iter_range(self, start: int = 0, stop: int | None = None) -> Iterator[LArCV1Entry]:
+    def iter_range(self, start: int = 0, stop: int | None = None) -> Generator[LArCV1Entry, None, None]:
         """Entries ``start`` (included) to ``stop`` (excluded, default: the end), reading in chunks."""
         end = self._len if stop is None else stop
         if not 0 <= start <= end <= self._len:
@@ -218,12 +242,13 @@ class LArCV1Reader:
             )
         return self._iter_range(start, end)
 
-    def _iter_range(self, start: int, stop: int) -> Iterator[LArCV1Entry]:
-        for source in self._sources:
-            local_start = max(start - source.first, 0)
-            local_stop = min(stop - source.first, source.entries)
-            if local_start < local_stop:
-                yield from self._read_file(source, local_start, local_stop)
+    def _iter_range(self, start: int, stop: int) -> Generator[LArCV1Entry, None, None]:
+        with _decompressors(self.threads) as executor:  # shut down however the iteration ends
+            for source in self._sources:
+                local_start = max(start - source.first, 0)
+                local_stop = min(stop - source.first, source.entries)
+                if local_start < local_stop:
+                    yield from self._read_file(source, local_start, local_stop, executor)
 
     def _where(self) -> dict[str, Any]:
         return {"path": str(self.paths[0])} if len(self.paths) == 1 else {}
@@ -242,8 +267,10 @@ class LArCV1Reader:
         except Exception as exc:  # uproot raises many kinds (OSError, ValueError, DeserializationError...)
             raise LArCV1Error(f"cannot read the Image2D trees: {exc}", path=str(path)) from exc
 
-    def _read_file(self, source: _Source, start: int, stop: int) -> Iterator[LArCV1Entry]:
-        """Entries ``[start, stop)`` of one file (local indexes), reading about ``_CHUNK_BYTES`` at a time."""
+    def _read_file(self, source: _Source, start: int, stop: int, executor: Any = None) -> Iterator[LArCV1Entry]:
+        """Entries ``[start, stop)`` of one file (local indexes), reading about ``_CHUNK_BYTES`` at a time;
+        ``executor``: where uproot decompresses the baskets (None: in this thread)."""
+        parallel = {} if executor is None else {"decompression_executor": executor}
         with _open_root(source.path) as file:
             trees = self._trees(file, source.path)
             budget = _CHUNK_BYTES // len(trees)
@@ -256,7 +283,8 @@ class LArCV1Reader:
                 try:
                     columns = [
                         tree.arrays(
-                            filter_name=_LEAVES, entry_start=chunk_start, entry_stop=chunk_stop, library="np"
+                            filter_name=_LEAVES, entry_start=chunk_start, entry_stop=chunk_stop, library="np",
+                            **parallel,
                         )
                         for tree in trees
                     ]
@@ -268,6 +296,7 @@ class LArCV1Reader:
                     ) from exc
                 for row in range(chunk_stop - chunk_start):
                     yield self._entry(source, source.first + chunk_start + row, columns, row)
+                del columns  # the entries hold their own pixels: free the chunk before reading the next one
 
     def _entry(self, source: _Source, entry: int, columns: list[dict[str, Any]], row: int) -> LArCV1Entry:
         ids: tuple[int, ...] | None = None
@@ -295,6 +324,23 @@ class LArCV1Reader:
         return LArCV1Entry(entry=entry, run=run, subrun=subrun, event=event, products=products)
 
 
+@contextlib.contextmanager
+def _decompressors(threads: int) -> Iterator[concurrent.futures.ThreadPoolExecutor | None]:
+    """A pool of ``threads`` threads for uproot to decompress baskets in (None for 1), shut down on leaving.
+
+    Its threads start at the first baskets handed to it.  uproot hands it only ``submit()`` calls, and passes
+    the errors of its tasks back to the reading thread, where they are raised.
+    """
+    if threads <= 1:
+        yield None
+        return
+    executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="ssnet-larcv1-read")
+    try:
+        yield executor
+    finally:  # after an error or a close half-way, baskets not yet begun are dropped
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
 def _image(stored: Any, meta_fields: dict[str, Any], path: Path, entry: int, producer: str, index: int) -> Image2D:
     """Build an Image2D from its stored column-major pixels and its meta fields."""
     values = np.asarray(stored)
@@ -311,9 +357,10 @@ def _column_major_to_rows(values: npt.NDArray[Any], rows: int, cols: int) -> npt
     """The (rows, cols) C-order float32 array of pixels stored column by column (index = col*rows + row).
 
     The transpose goes by blocks of columns that stay in the CPU cache: 5-8 times faster than one
-    ``ascontiguousarray(a.T)`` on 512x512 to 1008x3456 images.
+    ``ascontiguousarray(a.T)`` on 512x512 to 1008x3456 images.  Each block is converted from the stored type
+    (big-endian floats) as it is copied: one pass over the pixels, not a conversion and then a transpose.
     """
-    columns = values.astype(np.float32, copy=False).reshape(cols, rows)  # big-endian -> native
+    columns = values.reshape(cols, rows)
     pixels = np.empty((rows, cols), dtype=np.float32)
     for start in range(0, cols, _TRANSPOSE_BLOCK):
         pixels[:, start:start + _TRANSPOSE_BLOCK] = columns[start:start + _TRANSPOSE_BLOCK].T
@@ -390,9 +437,11 @@ def _count_entries(trees: list[Any], path: Path) -> int:
 # The LArCV1 data classes as ROOT sees them: names, member names, types and order as in LArCV1 (size_t is
 # unsigned long), no ClassDef (LArCV1 has none: class version 1, its base class version -1).  ROOT derives
 # the streamer checksums from exactly these, so the written files carry the genuine ones.  Data members
-# are public here (access does not enter the checksum) and ssnet_larcv1::append_image fills an image in
-# place from a column-major float array, without a Python-side copy of the vector.
+# are public here (access does not enter the checksum).  ssnet_larcv1::prepare_image sizes an image's pixel
+# vector and returns its address; numpy then transposes the row-major pixels straight into it (cling's
+# JIT-compiled code runs a pixel loop several times slower than numpy's compiled copy).
 _CLASSES_CPP = r"""
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -428,19 +477,19 @@ public:
 }
 
 namespace ssnet_larcv1 {
-// Appends an image given row by row (pixels[row * cols + col], row 0 at the top); Image2D stores it column by
-// column (index = col * rows + row).  Called with the GIL released: it touches no Python object.
-inline void append_image(larcv::EventImage2D& event, unsigned short id, const float* row_major,
-                         unsigned long rows, unsigned long cols, double origin_x, double origin_y,
-                         double width, double height, unsigned short plane) {
-  larcv::Image2D& image = event._image_v.emplace_back();
+// Makes the event hold `count` images.  The images already there are kept, with their pixel vectors'
+// storage, so that an entry like the previous one allocates (and page-faults) nothing.
+inline void set_image_count(larcv::EventImage2D& event, unsigned long count) { event._image_v.resize(count); }
+
+// Gives image `index` of the event its id and meta and rows * cols pixels, and returns the address of the
+// pixels, which the caller fills column by column (index = col * rows + row).  Touches no Python object.
+inline std::uintptr_t prepare_image(larcv::EventImage2D& event, unsigned long index, unsigned short id,
+                                    unsigned long rows, unsigned long cols, double origin_x, double origin_y,
+                                    double width, double height, unsigned short plane) {
+  larcv::Image2D& image = event._image_v.at(index);
   image._img.resize(rows * cols);
-  float* out = image._img.data();
-  for (unsigned long row = 0; row < rows; ++row) {
-    const float* in = row_major + row * cols;
-    for (unsigned long col = 0; col < cols; ++col) out[col * rows + row] = in[col];
-  }
   image._id = id;
+  image._meta = larcv::ImageMeta();
   image._meta._origin.x = origin_x;
   image._meta._origin.y = origin_y;
   image._meta._width = width;
@@ -448,6 +497,7 @@ inline void append_image(larcv::EventImage2D& event, unsigned short id, const fl
   image._meta._row_count = rows;
   image._meta._col_count = cols;
   image._meta._plane = plane;
+  return reinterpret_cast<std::uintptr_t>(image._img.data());
 }
 }
 """
@@ -475,9 +525,9 @@ def _root() -> Any:
         raise LArCV1Error(f"writing LArCV1 files needs ROOT's Python bindings: {exc}") from exc
     if not ROOT.gInterpreter.Declare(_CLASSES_CPP):
         raise LArCV1Error("ROOT refused the LArCV1 class declarations (are other larcv classes loaded?)")
-    # Filling and compressing baskets, and copying pixels in, need no Python: let other threads (reading the
-    # next entries, talking to the broker) run meanwhile.
-    ROOT.ssnet_larcv1.append_image.__release_gil__ = True
+    # Filling and compressing baskets, and sizing pixel vectors, need no Python: let other threads (reading
+    # the next entries, talking to the broker) run meanwhile.  numpy releases the GIL itself while it copies.
+    ROOT.ssnet_larcv1.prepare_image.__release_gil__ = True
     ROOT.TTree.Fill.__release_gil__ = True
     return ROOT
 
@@ -578,18 +628,20 @@ class LArCV1Writer:
             product = self._products[producer]
             product._run, product._subrun, product._event = ids
             try:
+                # The images stay in the product after Fill, so the next entry reuses their pixel storage.
+                root.ssnet_larcv1.set_image_count(product, len(checked[producer]))
                 for index, image in enumerate(checked[producer]):
                     meta = image.meta
-                    # cppyy passes an array's buffer as the float*; an empty array has none.
-                    pixels = image.pixels if image.pixels.size else root.nullptr
-                    root.ssnet_larcv1.append_image(
-                        product, index, pixels, meta.rows, meta.cols,
+                    address = root.ssnet_larcv1.prepare_image(
+                        product, index, index, meta.rows, meta.cols,
                         meta.origin_x, meta.origin_y, meta.width, meta.height, meta.plane,
                     )
+                    _fill_column_major(address, image.pixels)
                 if self._trees[producer].Fill() < 0:
                     raise LArCV1Error("ROOT failed to fill the tree", producer=producer, **where)
-            finally:
+            except BaseException:
                 product._image_v.clear()
+                raise
         self.entries_written += 1
 
     def annotate(self, name: str, text: str) -> None:
@@ -636,6 +688,24 @@ class LArCV1Writer:
     def _reset(self) -> None:
         self._trees, self._products, self._file, self._temp = {}, {}, None, None
         self._annotations = {}
+
+
+class _PixelStorage:
+    """A float32 array of shape ``(cols, rows)`` at a C++ address, as numpy's array interface describes it."""
+
+    def __init__(self, address: int, rows: int, cols: int) -> None:
+        self.__array_interface__ = {
+            "version": 3, "shape": (cols, rows), "typestr": np.dtype(np.float32).str, "data": (address, False),
+        }
+
+
+def _fill_column_major(address: int, pixels: npt.NDArray[np.float32]) -> None:
+    """Write ``pixels`` (row-major, shape ``(rows, cols)``) column by column into the ``rows * cols`` floats at
+    ``address`` (index = col * rows + row).  numpy's strided copy is about as fast as a blocked one here, and
+    runs without the GIL."""
+    if pixels.size:
+        rows, cols = pixels.shape
+        np.copyto(np.asarray(_PixelStorage(address, rows, cols)), pixels.T)
 
 
 def _event_id(name: str, value: int, where: dict[str, Any]) -> int:

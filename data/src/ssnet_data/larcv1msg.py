@@ -25,7 +25,7 @@ import numpy as np
 from ssnet_common.errors import ProtocolError
 from ssnet_common.protocol import Frame, frame_bytes, frame_len
 from ssnet_data.imagemeta import ImageMeta
-from ssnet_data.ndarray import DEFAULT_MAX_NBYTES, decode_array, encode_array
+from ssnet_data.ndarray import DEFAULT_MAX_NBYTES, array_codec, decode_array, encode_array
 from ssnet_data.provenance import Record, decode_frame, encode_frame, is_frame
 
 if TYPE_CHECKING:
@@ -151,6 +151,14 @@ def decode_message(frames: Sequence[Frame], max_nbytes: int = DEFAULT_MAX_NBYTES
     if not frames or len(frames) % 4:
         raise ProtocolError(f"a LArCV1 image message has 4 frames per product, got {len(frames)} frames")
     return _products(frames, max_nbytes), provenance
+
+
+def message_codec(frames: Sequence[Frame]) -> Optional[str]:
+    """The codec of a LArCV1 image message's arrays (that of its first product), so that a worker answers in
+    the codec it was sent; :class:`ProtocolError` if the first array header is not valid."""
+    if len(frames) < 4:
+        raise ProtocolError(f"a LArCV1 image message has 4 frames per product, got {len(frames)} frames")
+    return array_codec(frames[2])
 
 
 def _products(frames: Sequence[Frame], max_nbytes: int) -> list[ImageProduct]:

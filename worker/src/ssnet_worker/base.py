@@ -72,6 +72,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 64  # broker messages read per loop iteration before the loop looks at replies and timers again
+MAX_SLOTS = 256  # broker sessions one worker process may hold (--slots)
+BATCH_WAIT = 0.005  # seconds the handler waits for the other slots' requests (--batch-wait-ms); unused at 1 slot
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -96,6 +98,8 @@ class WorkerConfig:
     metrics_addr: str = METRICS_ADDR
     shutdown_linger: float = 2.0
     curve: Optional[CurveKeys] = None  # this worker's key pair and the broker's public key (CURVE); None: clear
+    slots: int = 1  # broker sessions (MDP workers of the service) around one handler: requests in hand at once
+    batch_wait: float = BATCH_WAIT  # seconds the handler waits for the other slots' requests before it starts
 
     def __post_init__(self) -> None:
         try:
@@ -122,6 +126,11 @@ class WorkerConfig:
             0 <= self.metrics_port <= 65535
         ):
             raise ConfigError(f"metrics_port must be a TCP port or 0, got {self.metrics_port!r}")
+        if isinstance(self.slots, bool) or not isinstance(self.slots, int) or not 1 <= self.slots <= MAX_SLOTS:
+            raise ConfigError(f"slots must be an integer from 1 to {MAX_SLOTS}, got {self.slots!r}")
+        wait = self.batch_wait
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 60:
+            raise ConfigError(f"batch_wait must be 0 to 60 seconds, got {wait!r}")
         linger = self.shutdown_linger
         if isinstance(linger, bool) or not isinstance(linger, (int, float)) or not 0 <= linger < math.inf:
             raise ConfigError(f"shutdown_linger must be 0 or more seconds, got {linger!r}")
@@ -183,6 +192,7 @@ class WorkerStatus:
 
 @dataclass(frozen=True)
 class _Job:
+    slot: int
     generation: int
     client: bytes
     body: Sequence[Frame]
@@ -191,6 +201,7 @@ class _Job:
 
 @dataclass(frozen=True)
 class _Done:
+    slot: int
     generation: int
     client: bytes
     delimited: bool
@@ -310,7 +321,7 @@ class Worker:
         restore = _no_restore
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             restore = _install_signal_handlers(self._stop_requests, waker)
-        runner = _Runner(self._answer, waker)
+        runner = _Runner(self._answer, waker, self.config.slots, self.config.batch_wait)
         session = _Session(self, context, waker, runner, self._stop_requests)
         try:
             return session.run()
@@ -330,29 +341,77 @@ class Worker:
         Our envelope: RESULT with the same request id, or ERROR ``worker_error``.  A plain body: the reply of
         :meth:`handle` as is, or ``[b"error", b"worker_error", message]``.
         """
-        label = _describe(body)
-        if not is_ours(body):
+        return self.answer_many([body])[0]
+
+    def answer_many(self, bodies: Sequence[Sequence[Frame]]) -> list[tuple[list[Frame], bool]]:
+        """:meth:`answer` for the requests in hand on every slot: their payloads go to :meth:`handle_many` at
+        once; one request's failure is its own reply and no other's.  Never raises."""
+        replies: list[Optional[tuple[list[Frame], bool]]] = [None] * len(bodies)
+        pending: list[tuple[int, Optional[int], str]] = []  # (index in bodies, request id or None if plain, label)
+        payloads: list[list[Frame]] = []
+        for i, body in enumerate(bodies):
+            label = _describe(body)
+            if not is_ours(body):
+                pending.append((i, None, label))
+                payloads.append(list(body))
+                continue
             try:
-                return self._checked(self.handle(list(body))), True
+                request = decode_body(body)
+            except ProtocolError as exc:
+                log.warning("malformed request envelope: %s", exc)
+                replies[i] = _plain_error(f"ProtocolError: {exc}"), False
+                continue
+            if request.kind != BodyKind.REQUEST:
+                message = f"ProtocolError: expected a REQUEST body, got {request.kind.name}"
+                log.warning("%s: %s", label, message)
+                replies[i] = error_body(request.request_id, ErrorCode.WORKER_ERROR, message).encode(), False
+                continue
+            pending.append((i, request.request_id, label))
+            payloads.append(list(request.payload))
+        if payloads:
+            for (i, request_id, label), outcome in zip(pending, self._handle_all(payloads)):
+                failure: Optional[BaseException] = outcome if isinstance(outcome, BaseException) else None
+                if failure is None:
+                    try:
+                        frames = self._checked(outcome)  # type: ignore[arg-type]
+                    except TypeError as exc:
+                        failure = exc
+                    else:
+                        replies[i] = (frames, True) if request_id is None else (
+                            result_body(request_id, frames).encode(), True)
+                        continue
+                log.error("%s: %s failed", label, type(self).__name__, exc_info=failure)
+                message = f"{type(failure).__name__}: {failure}"
+                error = _plain_error(message) if request_id is None else (
+                    error_body(request_id, ErrorCode.WORKER_ERROR, message).encode())
+                replies[i] = error, False
+        return [reply for reply in replies if reply is not None]
+
+    def handle_many(self, payloads: list[list[Frame]]) -> list[Union[Sequence[Frame], BaseException]]:
+        """Answer several requests at once: one reply payload, or the exception that failed it, per payload.
+
+        The worker hands over every request in hand on its slots (``WorkerConfig.slots``) at once, so a kind
+        that can batch (SSNet: one forward pass over the images of several requests) overrides this.  The
+        default calls :meth:`handle` for each in turn.
+        """
+        outcomes: list[Union[Sequence[Frame], BaseException]] = []
+        for payload in payloads:
+            try:
+                outcomes.append(self.handle(payload))
             except Exception as exc:
-                log.exception("%s: %s failed", label, type(self).__name__)
-                return _plain_error(f"{type(exc).__name__}: {exc}"), False
+                outcomes.append(exc)
+        return outcomes
+
+    def _handle_all(self, payloads: list[list[Frame]]) -> list[Union[Sequence[Frame], BaseException]]:
+        """:meth:`handle_many`, its own failure (or a wrong number of replies) failing every request."""
         try:
-            request = decode_body(body)
-        except ProtocolError as exc:
-            log.warning("malformed request envelope: %s", exc)
-            return _plain_error(f"ProtocolError: {exc}"), False
-        if request.kind != BodyKind.REQUEST:
-            message = f"ProtocolError: expected a REQUEST body, got {request.kind.name}"
-            log.warning("%s: %s", label, message)
-            return error_body(request.request_id, ErrorCode.WORKER_ERROR, message).encode(), False
-        try:
-            payload = self._checked(self.handle(list(request.payload)))
+            outcomes = list(self.handle_many(payloads))
         except Exception as exc:
-            log.exception("%s: %s failed", label, type(self).__name__)
-            message = f"{type(exc).__name__}: {exc}"
-            return error_body(request.request_id, ErrorCode.WORKER_ERROR, message).encode(), False
-        return result_body(request.request_id, payload).encode(), True
+            return [exc] * len(payloads)
+        if len(outcomes) != len(payloads):
+            error = RuntimeError(f"handle_many() gave {len(outcomes)} replies for {len(payloads)} requests")
+            return [error] * len(payloads)
+        return outcomes
 
     @staticmethod
     def _checked(reply: Sequence[Frame]) -> list[Frame]:
@@ -364,20 +423,25 @@ class Worker:
             raise TypeError(f"handle() must return a sequence of buffers (bytes, ...), got {kinds}") from None
         return frames
 
-    def _answer(self, job: _Job) -> _Done:
-        """Handler thread: run one job, time it, count it."""
-        label = _describe(job.body)
-        log.debug("%s: handling (%d frames, %d bytes)", label, len(job.body), frames_nbytes(job.body))
+    def _answer(self, jobs: Sequence[_Job]) -> list[_Done]:
+        """Handler thread: run the jobs in hand (one per busy slot) together, time them, count them."""
+        labels = [_describe(job.body) for job in jobs]
+        if log.isEnabledFor(logging.DEBUG):
+            for job, label in zip(jobs, labels):
+                log.debug("%s: handling (%d frames, %d bytes)", label, len(job.body), frames_nbytes(job.body))
         started = time.perf_counter()
         try:
-            reply, ok = self.answer(job.body)
-        except BaseException as exc:  # answer() catches Exception; this is SystemExit & co. from handle()
-            log.exception("%s: handler thread interrupted", label)
-            reply, ok = _plain_error(f"{type(exc).__name__}: {exc}"), False
+            outcomes = self.answer_many([job.body for job in jobs])
+        except BaseException as exc:  # answer_many() catches Exception; this is SystemExit & co. from handle()
+            log.exception("%s: handler thread interrupted", ", ".join(labels))
+            outcomes = [(_plain_error(f"{type(exc).__name__}: {exc}"), False)] * len(jobs)
         seconds = time.perf_counter() - started
-        self.metrics.request_done(ok, seconds)
-        log.debug("%s: %s in %.3f s", label, "done" if ok else "failed", seconds)
-        return _Done(job.generation, job.client, job.delimited, reply, label)
+        done = []
+        for job, label, (reply, ok) in zip(jobs, labels, outcomes):
+            self.metrics.request_done(ok, seconds)
+            log.debug("%s: %s in %.3f s", label, "done" if ok else "failed", seconds)
+            done.append(_Done(job.slot, job.generation, job.client, job.delimited, reply, label))
+        return done
 
 
 def _no_restore() -> None:
@@ -402,11 +466,17 @@ def _install_signal_handlers(requests: queue.SimpleQueue[_StopRequest], waker: W
 
 
 class _Runner:
-    """The handler thread: jobs in through a queue, replies out through a deque plus a wake-up."""
+    """The handler thread: jobs in through a queue, replies out through a deque plus a wake-up.
 
-    def __init__(self, answer: Callable[[_Job], _Done], waker: Waker) -> None:
+    It takes every job in hand at once (at most ``slots``: one per slot), waiting up to ``batch_wait`` seconds
+    after the first for the other slots' jobs, and answers them together."""
+
+    def __init__(self, answer: Callable[[Sequence[_Job]], list[_Done]], waker: Waker, slots: int = 1,
+                 batch_wait: float = 0.0) -> None:
         self._answer = answer
         self._waker = waker
+        self._slots = slots
+        self._batch_wait = batch_wait
         self._jobs: queue.SimpleQueue[Optional[_Job]] = queue.SimpleQueue()
         self.done: collections.deque[_Done] = collections.deque()
         self._thread = threading.Thread(target=self._run, name="ssnet-worker-handler", daemon=True)
@@ -420,12 +490,34 @@ class _Runner:
         if wait:
             self._thread.join()
 
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
+    def _take(self, first: _Job) -> tuple[list[_Job], bool]:
+        """``first`` and the jobs that join it; and whether the queue said to stop."""
+        jobs = [first]
+        deadline = time.monotonic() + self._batch_wait
+        while len(jobs) < self._slots:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    job = self._jobs.get(timeout=remaining)
+                except queue.Empty:
+                    break
             if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            first = self._jobs.get()
+            if first is None:
                 return
-            self.done.append(self._answer(job))
+            jobs, closing = self._take(first)
+            self.done.extend(self._answer(jobs))
             self._waker.wake()
 
 
@@ -436,8 +528,21 @@ class _Connection:
     liveness: Liveness
 
 
+class _Slot:
+    """One broker session: its connection (None between connections), reconnect schedule and request in hand."""
+
+    def __init__(self, index: int, backoff: Backoff, now: float) -> None:
+        self.index = index
+        self.name = f"slot {index}"
+        self.conn: Optional[_Connection] = None
+        self.connections = 0  # made so far (a reconnect is any after the first)
+        self.backoff = backoff
+        self.reconnect_at = now
+        self.in_flight = 0
+
+
 class _Session:
-    """The main loop's state for one :meth:`Worker.run`."""
+    """The main loop's state for one :meth:`Worker.run`: ``config.slots`` broker sessions, one handler."""
 
     def __init__(
         self,
@@ -456,43 +561,56 @@ class _Session:
         self.stop_requests = stop_requests
         self.poller = zmq.Poller()
         self.poller.register(waker.fileno(), zmq.POLLIN)
-        self.backoff = Backoff(self.config.reconnect_min, self.config.reconnect_max)
-        self.conn: Optional[_Connection] = None
-        self.generation = 0
-        self.reconnect_at = time.monotonic()
-        self.last_heard = time.monotonic()
-        self.in_flight = 0
-        self.stop_level = 0  # 0 running, 1 finish the current request and stop, 2 stop now
+        now = time.monotonic()
+        self.slots = [_Slot(i, Backoff(self.config.reconnect_min, self.config.reconnect_max), now)
+                      for i in range(self.config.slots)]
+        self.by_socket: dict[ZmqSocket, _Slot] = {}
+        self.generation = 0  # connections of every slot, numbered in order: a job remembers its connection's
+        self.last_heard = now
+        self.stop_level = 0  # 0 running, 1 finish the current requests and stop, 2 stop now
         self.stopping_since = 0.0  # when stop_level became 1
         self.abandoned = False
+
+    @property
+    def in_flight(self) -> int:
+        return sum(slot.in_flight for slot in self.slots)
+
+    def _label(self, slot: _Slot) -> str:
+        return f" ({slot.name})" if len(self.slots) > 1 else ""
 
     # ------------------------------------------------------------------------------------------- loop
     def run(self) -> int:
         while True:
             self._take_stop_requests()
-            if self.stop_level >= 2 and self.in_flight:
-                log.error("stopping now: abandoning %d request(s) in progress", self.in_flight)
+            in_flight = self.in_flight
+            if self.stop_level >= 2 and in_flight:
+                log.error("stopping now: abandoning %d request(s) in progress", in_flight)
                 self.abandoned = True
                 return self._finish(1)
-            if self.stop_level and not self.in_flight:
+            if self.stop_level and not in_flight:
                 return self._finish(0)
             now = time.monotonic()
-            if self.conn is None and not self.stop_level and now >= self.reconnect_at:
-                self._connect(now)
+            if not self.stop_level:
+                for slot in self.slots:
+                    if slot.conn is None and now >= slot.reconnect_at:
+                        self._connect(slot, now)
             events = dict(self.poller.poll(self._timeout_ms(time.monotonic())))
             if self.waker.fileno() in events:
                 self.waker.drain()
-            if self.conn is not None and self.conn.socket in events:
-                self._receive()
+            for sock in events:
+                ready = self.by_socket.get(sock)
+                if ready is not None:
+                    self._receive(ready)
             self._deliver()
             self._tick(time.monotonic())
 
     def _timeout_ms(self, now: float) -> int:
         deadline = now + self.config.heartbeat_interval  # at least once per interval: keep the gauges fresh
-        if self.conn is not None:
-            deadline = min(deadline, self.conn.liveness.next_deadline())
-        elif not self.stop_level:
-            deadline = min(deadline, self.reconnect_at)
+        for slot in self.slots:
+            if slot.conn is not None:
+                deadline = min(deadline, slot.conn.liveness.next_deadline())
+            elif not self.stop_level:
+                deadline = min(deadline, slot.reconnect_at)
         return max(0, math.ceil((deadline - now) * 1000))
 
     def _take_stop_requests(self) -> None:
@@ -518,29 +636,32 @@ class _Session:
                 self.stopping_since = now
             self.stop_level = level
             what = signal.Signals(request).name if isinstance(request, int) else f"{request}()"
-            if level == 1 and self.in_flight:
-                log.info("%s: finishing the current request, then disconnecting", what)
+            in_flight = self.in_flight
+            if level == 1 and in_flight:
+                log.info("%s: finishing the current request(s), then disconnecting", what)
             elif level == 1:
                 log.info("%s: disconnecting", what)
-            elif self.in_flight:
-                log.warning("%s: stopping without finishing the current request", what)
+            elif in_flight:
+                log.warning("%s: stopping without finishing the current request(s)", what)
 
     def _tick(self, now: float) -> None:
         self.metrics.broker_heartbeat_age.set(max(0.0, now - self.last_heard))
-        conn = self.conn
-        if conn is None:
-            return
-        if conn.liveness.expired(now):
-            self._drop(f"broker silent for {conn.liveness.age(now):.1f} s")
-        elif conn.liveness.heartbeat_due(now):
-            conn.liveness.heartbeat_sent(now)
-            if self._send(Heartbeat().encode()):
-                self.metrics.heartbeats_sent.inc()
+        for slot in self.slots:
+            conn = slot.conn
+            if conn is None:
+                continue
+            if conn.liveness.expired(now):
+                self._drop(slot, f"broker silent for {conn.liveness.age(now):.1f} s")
+            elif conn.liveness.heartbeat_due(now):
+                conn.liveness.heartbeat_sent(now)
+                if self._send(slot, Heartbeat().encode()):
+                    self.metrics.heartbeats_sent.inc()
 
     # ---------------------------------------------------------------------------------- connections
-    def _connect(self, now: float) -> None:
+    def _connect(self, slot: _Slot, now: float) -> None:
         self.generation += 1
-        if self.generation > 1:
+        slot.connections += 1
+        if slot.connections > 1:
             self.metrics.reconnects.inc()
         sock: ZmqSocket = new_socket(self.context, zmq.DEALER, linger_ms=0)
         try:
@@ -553,65 +674,74 @@ class _Session:
         except TransportError:
             sock.close(linger=0)
             raise
-        self.conn = _Connection(sock, self.generation, Liveness(
+        slot.conn = _Connection(sock, self.generation, Liveness(
             self.config.heartbeat_interval, self.config.heartbeat_liveness, now,
         ))
-        self.status.heard = None
+        self.by_socket[sock] = slot
+        if all(other.conn is None for other in self.slots if other is not slot):
+            self.status.heard = None  # ready again once this connection hears the broker
         self.poller.register(sock, zmq.POLLIN)
         log.info(
-            "connecting to broker %s as service %r (connection %d)",
-            self.config.broker, self.config.service, self.generation,
+            "connecting to broker %s as service %r (connection %d%s)",
+            self.config.broker, self.config.service, slot.connections,
+            f", slot {slot.index}" if len(self.slots) > 1 else "",
         )
-        self._send(Ready(self.config.service).encode())
+        self._send(slot, Ready(self.config.service).encode())
 
-    def _drop(self, reason: str) -> None:
-        """Close the connection and schedule the next one after a backoff."""
-        conn = self.conn
+    def _close(self, slot: _Slot, linger: float = 0.0) -> None:
+        conn = slot.conn
         if conn is None:
             return
-        self.conn = None
-        self.status.heard, self.status.lost = None, reason
+        slot.conn = None
+        del self.by_socket[conn.socket]
         self.poller.unregister(conn.socket)
-        conn.socket.close(linger=0)
-        delay = self.backoff.next_delay()
-        self.reconnect_at = time.monotonic() + delay
-        if self.stop_level:
-            log.warning("%s: connection closed while stopping", reason)
-        else:
-            log.warning("%s: reconnecting in %.1f s", reason, delay)
+        conn.socket.close(linger=int(linger * 1000))
 
-    def _send(self, frames: list[Frame]) -> bool:
-        conn = self.conn
+    def _drop(self, slot: _Slot, reason: str) -> None:
+        """Close the slot's connection and schedule its next one after a backoff."""
+        if slot.conn is None:
+            return
+        self._close(slot)
+        if all(other.conn is None for other in self.slots):
+            self.status.heard = None
+        self.status.lost = reason
+        delay = slot.backoff.next_delay()
+        slot.reconnect_at = time.monotonic() + delay
+        if self.stop_level:
+            log.warning("%s%s: connection closed while stopping", reason, self._label(slot))
+        else:
+            log.warning("%s%s: reconnecting in %.1f s", reason, self._label(slot), delay)
+
+    def _send(self, slot: _Slot, frames: list[Frame]) -> bool:
+        conn = slot.conn
         if conn is None:
             return False
         try:
             send(conn.socket, frames)
         except TransportError as exc:
             self.metrics.errors.inc()
-            self._drop(f"cannot send to broker: {exc}")
+            self._drop(slot, f"cannot send to broker: {exc}")
             return False
         return True
 
     def _finish(self, status: int) -> int:
-        conn = self.conn
-        if conn is not None:
-            self._send(Disconnect().encode())
-            self.close(linger=self.config.shutdown_linger)
+        for slot in self.slots:
+            if slot.conn is not None:
+                self._send(slot, Disconnect().encode())
+        self.close(linger=self.config.shutdown_linger)
         log.info("stopped")
         return status
 
     def close(self, linger: float = 0.0) -> None:
-        conn = self.conn
-        if conn is not None:
-            self.conn = None
-            self.status.heard, self.status.lost = None, "stopped"
-            self.poller.unregister(conn.socket)
-            conn.socket.close(linger=int(linger * 1000))
+        for slot in self.slots:
+            if slot.conn is not None:
+                self._close(slot, linger)
+        self.status.heard, self.status.lost = None, "stopped"
 
     # ------------------------------------------------------------------------------------- messages
-    def _receive(self) -> None:
+    def _receive(self, slot: _Slot) -> None:
         for _ in range(_MAX_BATCH):
-            conn = self.conn
+            conn = slot.conn
             if conn is None:
                 return
             try:
@@ -620,7 +750,7 @@ class _Session:
                 frames = recv(conn.socket)
             except (TransportError, zmq.ZMQError) as exc:
                 self.metrics.errors.inc()
-                self._drop(f"cannot receive from broker: {exc}")
+                self._drop(slot, f"cannot receive from broker: {exc}")
                 return
             now = time.monotonic()
             self.last_heard = self.status.heard = now
@@ -629,40 +759,42 @@ class _Session:
                 message = decode_to_worker(frames)
             except ProtocolError as exc:
                 self.metrics.errors.inc()
-                log.warning("ignoring a malformed message from the broker: %s", exc)
+                log.warning("ignoring a malformed message from the broker%s: %s", self._label(slot), exc)
                 continue
             if isinstance(message, Heartbeat):
-                self.backoff.reset()
+                slot.backoff.reset()
                 self.metrics.heartbeats_received.inc()
             elif isinstance(message, Disconnect):
-                self._drop("broker sent DISCONNECT")
+                self._drop(slot, "broker sent DISCONNECT")
                 return
             else:
-                self.backoff.reset()
-                self._dispatch(conn, message)
+                slot.backoff.reset()
+                self._dispatch(slot, conn, message)
 
-    def _dispatch(self, conn: _Connection, request: WorkerRequest) -> None:
+    def _dispatch(self, slot: _Slot, conn: _Connection, request: WorkerRequest) -> None:
         if self.stop_level:
             log.warning(
-                "%s arrived while stopping: not handled (the broker re-queues it on DISCONNECT)",
-                _describe(request.body),
+                "%s arrived while stopping%s: not handled (the broker re-queues it on DISCONNECT)",
+                _describe(request.body), self._label(slot),
             )
             return
-        if self.in_flight:
-            log.warning("%s arrived while busy: queued behind %d", _describe(request.body), self.in_flight)
-        self.in_flight += 1
+        if slot.in_flight:
+            log.warning("%s arrived while busy%s: queued behind %d", _describe(request.body), self._label(slot),
+                        slot.in_flight)
+        slot.in_flight += 1
         self.metrics.busy.set(1)
-        self.runner.submit(_Job(conn.generation, request.client, request.body, request.delimited))
+        self.runner.submit(_Job(slot.index, conn.generation, request.client, request.body, request.delimited))
 
     def _deliver(self) -> None:
         while self.runner.done:
             done = self.runner.done.popleft()
-            self.in_flight -= 1
+            slot = self.slots[done.slot]
+            slot.in_flight -= 1
             if not self.in_flight:
                 self.metrics.busy.set(0)
-            if self.conn is None or self.conn.generation != done.generation:
+            if slot.conn is None or slot.conn.generation != done.generation:
                 log.warning(
                     "%s: reply dropped, its broker connection was replaced (the broker re-queued it)", done.label
                 )
                 continue
-            self._send(WorkerReply(done.client, done.reply, final=True, delimited=done.delimited).encode())
+            self._send(slot, WorkerReply(done.client, done.reply, final=True, delimited=done.delimited).encode())

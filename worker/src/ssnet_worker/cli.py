@@ -58,7 +58,7 @@ from ssnet_common.errors import ConfigError, DataError, SSNetError
 from ssnet_common.protocol import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, WORKER_CONNECT
 from ssnet_common.rendezvous import EndpointWatcher, add_broker_options, broker_from_file
 from ssnet_data.larcv1msg import EventId
-from ssnet_worker.base import Worker, WorkerConfig
+from ssnet_worker.base import BATCH_WAIT, MAX_SLOTS, Worker, WorkerConfig
 from ssnet_worker.dummy import DummyLArCV1Worker, EchoWorker, SleepWorker
 from ssnet_worker.tiling import STITCH_MODES
 
@@ -268,6 +268,17 @@ def build_parser(environ: Optional[dict[str, str]] = None) -> argparse.ArgumentP
         "--reconnect-max", default=32.0, type=positive_float,
         help="longest wait before reconnecting (s); waits double from --reconnect-min",
     )
+    options.add(
+        "--slots", default=1, type=positive_int,
+        help=f"requests the worker holds at once: this many broker sessions (MDP workers of the service, each with "
+             f"its own heartbeats) around one model; SSNet runs the images of all requests in hand as shared forward "
+             f"passes (torch and onnx engines; at most {MAX_SLOTS})",
+    )
+    options.add(
+        "--batch-wait-ms", default=BATCH_WAIT * 1000, type=non_negative_float,
+        help="with --slots above 1: how long the first request in hand waits for the other slots' requests before "
+             "the batch starts (ms)",
+    )
     add_common_options(options)
     for name, kind in KINDS.items():
         if kind.add_options is not None:
@@ -287,6 +298,8 @@ def config_from_args(args: argparse.Namespace, server_key: Optional[bytes] = Non
         reconnect_max=args.reconnect_max,
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
+        slots=args.slots,
+        batch_wait=args.batch_wait_ms / 1000,
         curve=peer_keys(args.curve_secret, args.curve_server, server_key),
     )
 

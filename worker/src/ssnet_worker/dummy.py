@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ssnet_common.protocol import Frame, frame_bytes, frame_len
-from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images
+from ssnet_data.larcv1msg import EventId, ImageProduct, decode_images, encode_images, message_codec
 from ssnet_worker.base import Worker
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class DummyLArCV1Worker(Worker):
         )
         first = products[0]
         reply = ImageProduct(self.OUTPUT_NAME, first.items, np.zeros(first.array.shape, dtype=np.float32))
-        return encode_images([reply])
+        return encode_images([reply], message_codec(payload))  # answer in the codec it was sent
 
 
 class EchoWorker(Worker):

@@ -21,7 +21,10 @@ Batching.  SSNet's BatchNorm layers use the statistics of the current batch, so 
 depends on its batch: batch 1 is the reference.  The per-image engines (``torch``, ``onnx``) compute those statistics
 per image, so the worker runs every image of one plane and shape in a request (K events with ``ssnet-client
 --batch-size K``, and the products of one event) as one forward pass of at most ``max_batch`` images, each with its
-batch-1 result; ``caffe`` and ``opencv`` run them one by one.
+batch-1 result; ``caffe`` and ``opencv`` run them one by one.  With ``--slots M`` the worker holds M requests at
+once (M broker sessions, :class:`ssnet_worker.base.Worker`), and the images of all of them share those forward passes;
+each reply still holds only its own request's scores, equal to what ``--slots 1`` gives.  Replies are encoded in the
+codec of the request (:mod:`ssnet_data.ndarray`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from prometheus_client import Gauge, Histogram
 from ssnet_common.config import version_text
 from ssnet_common.errors import ConfigError
 from ssnet_common.metrics import LATENCY_BUCKETS
-from ssnet_data.larcv1msg import ImageProduct, decode_images, encode_images
+from ssnet_data.larcv1msg import ImageProduct, decode_images, encode_images, message_codec
 from ssnet_data.preprocess import threshold_clip
 from ssnet_data.provenance import file_digest
 from ssnet_data.services import PLANE, parse_sub_service
@@ -178,11 +181,25 @@ class _Piece:
     """A tile of one received image, on its way through the net."""
 
     where: str
+    request: int  # which of the requests in hand
+    plane: int
     product: int
     index: int
     tile: Tile
     pixels: np.ndarray
     stitcher: Optional[Stitcher]
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request in hand: its products, the codec it came in, the score arrays its pieces fill, and the
+    preprocessed images (product, index, pixels) whose below-threshold pixels get zero scores."""
+
+    products: List[ImageProduct]
+    codec: Optional[str]
+    shower: List[np.ndarray]
+    track: List[np.ndarray]
+    inputs: List[Tuple[int, int, np.ndarray]]
 
 
 class SSNetWorker(Worker):
@@ -253,6 +270,12 @@ class SSNetWorker(Worker):
             self.engine_info.labels(**self._labels(plane), precision=engine.precision).set(1)
             log.info("plane %d: %s with %s loaded in %.2f s (%s)", plane, self.models.prototxt.name,
                      self.models.weights[plane].name, seconds, self.engines[plane].describe())
+        whole = [plane for plane, engine in self.engines.items() if not engine.per_image]
+        if self.config.slots > 1 and whole:
+            engine = self.engines[whole[0]]
+            raise ConfigError(f"--slots {self.config.slots} needs a per-image engine (torch or onnx): "
+                              f"{engine.name} normalises over the whole batch, so it takes one request at a time "
+                              "(--slots 1)")
         self._check_tile()
         self.provenance = self._describe()
 
@@ -297,20 +320,63 @@ class SSNetWorker(Worker):
                 "device": engine.device if engine else self.device}
 
     def handle(self, payload: list[Frame]) -> Sequence[Frame]:
+        outcome = self.handle_many([payload])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def handle_many(self, payloads: List[List[Frame]]) -> List[Union[Sequence[Frame], BaseException]]:
+        """The requests in hand on every slot at once: their images (or tiles), grouped by plane and shape across
+        requests, run as forward passes of at most ``max_batch`` (per-image engines; ``caffe`` and ``opencv`` one
+        by one).  A request that fails (bad images, a forward pass that raised) fails alone."""
+        outcomes: List[Union[Sequence[Frame], BaseException, None]] = [None] * len(payloads)
+        requests: Dict[int, _Request] = {}
+        groups: Dict[Tuple[int, Tuple[int, ...]], List[_Piece]] = defaultdict(list)
+        for r, payload in enumerate(payloads):
+            try:
+                request, pieces = self._prepare(r, payload)
+            except Exception as exc:
+                outcomes[r] = exc
+                continue
+            requests[r] = request
+            for piece in pieces:
+                groups[(piece.plane, piece.pixels.shape)].append(piece)
+        for (plane, _), pieces in groups.items():
+            engine = self.engines[plane]
+            size = self.max_batch if engine.per_image else 1
+            for start in range(0, len(pieces), size):
+                chunk = [piece for piece in pieces[start:start + size] if outcomes[piece.request] is None]
+                if not chunk:
+                    continue
+                try:
+                    self._forward(plane, engine, chunk, requests)
+                except Exception as exc:
+                    for piece in chunk:
+                        outcomes[piece.request] = exc
+        for r, request in requests.items():
+            if outcomes[r] is None:
+                try:
+                    outcomes[r] = self._reply(request)
+                except Exception as exc:
+                    outcomes[r] = exc
+        return [outcome if outcome is not None else RuntimeError("request left unanswered")
+                for outcome in outcomes]
+
+    def _prepare(self, r: int, payload: List[Frame]) -> Tuple[_Request, List[_Piece]]:
+        """Request ``r`` decoded, preprocessed and cut into the pieces (whole images or tiles) the net sees."""
         products = decode_images(payload)
+        codec = message_codec(payload)
         shower = [np.empty(product.array.shape, dtype=self.output_dtype) for product in products]
         track = [np.empty_like(s) for s in shower]
-        # Every image of the request, or its tiles, grouped by plane and shape: each group runs as batches of
-        # max_batch (per-image engines) or one by one.
-        groups: Dict[Tuple[int, Tuple[int, ...]], List[_Piece]] = defaultdict(list)
-        inputs: List[Tuple[int, int, np.ndarray]] = []
+        request = _Request(products, codec, shower, track, [])
+        pieces: List[_Piece] = []
         for p, product in enumerate(products):
             for index, (meta, ids) in enumerate(product.items):
                 where = f"image {index} of product {product.name!r} (plane {meta.plane}, event {ids})"
                 if meta.plane not in self.engines:
                     raise ValueError(f"{where}: this worker serves plane(s) {list(self.planes)}")
                 image = self.preprocessing.apply(product.array[index])
-                inputs.append((p, index, image))
+                request.inputs.append((p, index, image))
                 net_input = self.engines[meta.plane].input_shape[2:]
                 try:
                     tiles = self.tiling.grid(image.shape, (net_input[0], net_input[1]))
@@ -319,26 +385,24 @@ class SSNetWorker(Worker):
                 stitcher = None if len(tiles) == 1 else Stitcher([shower[p][index], track[p][index]],
                                                                  self.tiling.stitch)
                 for tile in tiles:
-                    pixels = image[tile.region]
-                    groups[(meta.plane, pixels.shape)].append(_Piece(where, p, index, tile, pixels, stitcher))
-        for (plane, _), pieces in groups.items():
-            engine = self.engines[plane]
-            size = self.max_batch if engine.per_image else 1
-            for start in range(0, len(pieces), size):
-                self._forward(plane, engine, pieces[start:start + size], shower, track)
-        for p, index, image in inputs:
+                    pieces.append(_Piece(where, r, meta.plane, p, index, tile, image[tile.region], stitcher))
+        return request, pieces
+
+    def _reply(self, request: _Request) -> List[Frame]:
+        """The reply of a request whose every piece has been through the net, in the codec it came in."""
+        shower, track = request.shower, request.track
+        for p, index, image in request.inputs:
             below = image < self.preprocessing.threshold
             shower[p][index][below] = 0
             track[p][index][below] = 0
         replies = []
-        for p, product in enumerate(products):
+        for p, product in enumerate(request.products):
             replies += [ImageProduct(self.output_names[0], product.items, shower[p]),
                         ImageProduct(self.output_names[1], product.items, track[p])]
-        return encode_images(replies, provenance=self.provenance)
+        return encode_images(replies, request.codec, provenance=self.provenance)
 
-    def _forward(self, plane: int, engine: Engine, chunk: List[_Piece], shower: List[np.ndarray],
-                 track: List[np.ndarray]) -> None:
-        """One forward pass of ``chunk``'s tiles (of one shape); their scores go into ``shower`` and ``track``."""
+    def _forward(self, plane: int, engine: Engine, chunk: List[_Piece], requests: Dict[int, _Request]) -> None:
+        """One forward pass of ``chunk``'s pieces (of one shape); their scores go into their requests' outputs."""
         first = chunk[0]
         tiled = f" (tile at row {first.tile.row}, column {first.tile.col})" if first.stitcher else ""
         batch = np.stack([piece.pixels for piece in chunk])[:, np.newaxis]
@@ -356,7 +420,8 @@ class SSNetWorker(Worker):
             raise ValueError(f"{first.where}: the net gives {scores.shape[1]} classes, SSNet has 3")
         for piece, score in zip(chunk, scores):
             if piece.stitcher is None:
-                shower[piece.product][piece.index] = score[SHOWER]
-                track[piece.product][piece.index] = score[TRACK]
+                request = requests[piece.request]
+                request.shower[piece.product][piece.index] = score[SHOWER]
+                request.track[piece.product][piece.index] = score[TRACK]
             else:
                 piece.stitcher.paint(piece.tile, [score[SHOWER], score[TRACK]])
