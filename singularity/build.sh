@@ -20,7 +20,8 @@
 #   SSNET_APPTAINER_IMAGE  (default ssnet-apptainer:latest)
 #   extra `build` flags after `--`:  singularity/build.sh -- --fakeroot
 # Sizes (Apptainer 1.4.5, gzip squashfs): ssnet-broker.sif 44 MiB, ssnet-client.sif 301 MiB, ssnet-worker-cpu.sif
-# 348 MiB; about 6 min for the three on 2 cores (singularity/README.md).
+# 348 MiB; about 6 min for the three on 2 cores, 3 min with -- --mksquashfs-args '-Xcompression-level 1'
+# (10 % larger; what `make containers` uses for the tests; singularity/README.md).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${SSNET_SLURM_IMAGES:-$here/images} archive="" save="" if_changed=0 worker_def=worker names=() flags=()
