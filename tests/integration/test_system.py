@@ -231,7 +231,11 @@ def test_a_flood_of_hostile_messages_leaves_the_broker_up_bounded_and_routing(st
     samples = scrape(port)
     held = samples[("ssnet_broker_services", ())]
     rejected = samples[("ssnet_broker_rejected_requests_total", (("bound", "max_services"),))]
-    assert held <= 1000 and rejected >= 90_000 and answers >= rejected  # some expire (10 s) during the flood
+    # replies dropped because this client's queue was full (it reads slower than it floods): logged and counted,
+    # never blocking the broker; every refusal was answered or counted so, and some requests expire (10 s) too
+    dropped = samples[("ssnet_broker_undeliverable_messages_total", (("reason", "full"), ("side", "client")))]
+    assert dropped < rejected / 100
+    assert held <= 1000 and rejected >= 90_000 and answers + dropped >= rejected
     assert samples[("ssnet_broker_malformed_messages_total", (("side", "client"),))] >= 2000
     growth = vm_rss_mib(broker.pid) - before
     assert growth <= 100, f"the broker grew by {growth:.0f} MB"

@@ -429,8 +429,8 @@ def test_the_whole_state_is_bounded() -> None:
 
 
 def test_collector_shows_the_bounds_and_unreachable_workers() -> None:
-    state = make(Limits(max_services=7))
-    collector = BrokerCollector(state, Traffic())
+    state, traffic = make(Limits(max_services=7)), Traffic()
+    collector = BrokerCollector(state, traffic)
     registry = CollectorRegistry()
     registry.register(collector)
     ready(state, b"w1")
@@ -441,6 +441,11 @@ def test_collector_shows_the_bounds_and_unreachable_workers() -> None:
     assert registry.get_sample_value("ssnet_broker_limit", {"limit": "unknown_service_timeout"}) == 10
     assert registry.get_sample_value("ssnet_broker_rejected_requests_total", {"bound": "max_queued"}) == 0
     assert registry.get_sample_value("ssnet_broker_services", {}) == 1
+    undeliverable = "ssnet_broker_undeliverable_messages_total"
+    assert registry.get_sample_value(undeliverable, {"side": "client", "reason": "full"}) == 0
+    traffic.undeliverable["client", "full"] += 3
+    assert registry.get_sample_value(undeliverable, {"side": "client", "reason": "full"}) == 3
+    assert registry.get_sample_value(undeliverable, {"side": "worker", "reason": "gone"}) == 0
 
 
 def test_the_queued_total_follows_every_queue() -> None:

@@ -82,6 +82,8 @@ class Traffic:
     bytes_out: int = 0
     malformed: Counter[str] = field(default_factory=Counter)  # messages dropped, by side (changed under the lock)
     auth_failures: Counter[str] = field(default_factory=Counter)  # connections refused by CURVE, by side
+    # messages the broker could not send, by (side, reason): "gone" (no such peer) or "full" (its queue at the HWM)
+    undeliverable: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 class Broker:
@@ -311,6 +313,9 @@ class Broker:
                     send(frontend if message.side is Side.CLIENT else backend, message.identity, message.frames)
                 except zmq.ZMQError as exc:  # peer gone (ROUTER_MANDATORY) or its queue full
                     log.warning("could not send to %s %s: %s", message.side.value, message.identity.hex(), exc)
+                    reason = "gone" if exc.errno == zmq.EHOSTUNREACH else "full"
+                    with self.lock:
+                        self.traffic.undeliverable[message.side.value, reason] += 1
                     if message.side is Side.WORKER and exc.errno == zmq.EHOSTUNREACH:
                         with self.lock:  # the worker is gone: drop it now, its request goes to another worker
                             later += self.state.on_unreachable(message.identity, time.monotonic(),

@@ -136,7 +136,11 @@ class BrokerCollector:
         auth_failures = CounterMetricFamily("ssnet_broker_auth_failures_total",
                                             "Connections refused by CURVE (no CURVE, a bad or unknown key), by side",
                                             labels=["side"])
-        added = [unreachable, rejected, services, limits, auth_failures]
+        undeliverable = CounterMetricFamily("ssnet_broker_undeliverable_messages_total",
+                                            "Messages dropped on the way out, by side and reason: the peer is gone, "
+                                            "or its queue is full (a client not reading its replies)",
+                                            labels=["side", "reason"])
+        added = [unreachable, rejected, services, limits, auth_failures, undeliverable]
         if now is None:
             return [workers, queued, heartbeat_age, requests, self.latency.describe(), self.queue_wait.describe(),
                     heartbeats, expirations, requeues, traffic, malformed, *added]
@@ -189,5 +193,7 @@ class BrokerCollector:
             limits.add_metric([name], float(value))
         for side in ("client", "worker"):
             auth_failures.add_metric([side], self.traffic.auth_failures[side], created)
+            for reason in ("gone", "full"):
+                undeliverable.add_metric([side, reason], self.traffic.undeliverable[side, reason], created)
         return [workers, queued, heartbeat_age, requests, self.latency.collect(), self.queue_wait.collect(),
                 heartbeats, expirations, requeues, traffic, malformed, *added]

@@ -638,11 +638,13 @@ class _Session:
             what = signal.Signals(request).name if isinstance(request, int) else f"{request}()"
             in_flight = self.in_flight
             if level == 1 and in_flight:
-                log.info("%s: finishing the current request(s), then disconnecting", what)
+                log.info("%s: finishing the current %s, then disconnecting", what,
+                         "request" if in_flight == 1 else f"{in_flight} requests")
             elif level == 1:
                 log.info("%s: disconnecting", what)
             elif in_flight:
-                log.warning("%s: stopping without finishing the current request(s)", what)
+                log.warning("%s: stopping without finishing the current %s", what,
+                            "request" if in_flight == 1 else f"{in_flight} requests")
 
     def _tick(self, now: float) -> None:
         self.metrics.broker_heartbeat_age.set(max(0.0, now - self.last_heard))
