@@ -18,9 +18,7 @@ find_python() {  # find_python 3.11 -> path of a python3.11 interpreter, or noth
 
 PY311=${SSNET_PYTHON:-$(find_python 3.11)}
 if [ -z "$PY311" ]; then echo "bootstrap: Python 3.11 is needed (set SSNET_PYTHON to one)" >&2; exit 1; fi
-# --no-compile: no byte-compiling of every installed module (torch's thousands) up front, 35 s of a fresh CI run;
-# Python compiles what is imported, once, on first import.
-pip_quiet=(--quiet --disable-pip-version-check --no-compile)
+pip_quiet=(--quiet --disable-pip-version-check)
 
 if [ ! -x .venv/bin/python ]; then "$PY311" -m venv .venv; fi
 .venv/bin/python -m pip install "${pip_quiet[@]}" -r requirements-dev.txt \
