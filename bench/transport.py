@@ -11,8 +11,10 @@ The event is what a wire plane looks like (3 % of the pixels nonzero, in short t
 3. pickle: the list of arrays pickled over REQ/REP (what a naive design would do).
 
 Servers run as subprocesses on ``ipc://`` endpoints; every path sends the same event the same number of
-times, sequentially (latency) and with several requests in flight (throughput).  Prints round-trip times,
-events/s and the ratios.  Usage: ``python bench/transport.py [--events N] [--window W]``.
+times, sequentially (latency) and with several requests in flight (throughput).  The paths run in ``--rounds``
+interleaved rounds (each round in a rotated order), so that a burst of other load on a shared machine hits every
+path alike; a ratio is the median over rounds of that round's ratio.  Prints round-trip times, events/s and the
+ratios.  Usage: ``python bench/transport.py [--events N] [--window W] [--rounds R]``.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200, help="events per path")
     parser.add_argument("--window", type=int, default=4, help="requests in flight for the throughput runs")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="runs of every path, interleaved; figures are medians over rounds (default 5)")
     args = parser.parse_args()
     codec_name = DEFAULT_CODEC or "raw"
     root = Path(tempfile.mkdtemp(prefix="ssnet-bench-"))
@@ -150,14 +154,23 @@ def main() -> None:
             secure.add_worker(["--kind", "echo", "--curve-secret", str(keys / "private" / "worker.key_secret"),
                                "--curve-server", str(broker_key)])
             wait_for_workers(secure.frontend, "echo", secure.workers, client)
-            results = {
-                "broker, raw": through_broker(frontend, args.events, args.window),
-                f"broker, {codec_name}": through_broker(frontend, args.events, args.window, codec=DEFAULT_CODEC),
-                f"broker with CURVE (both hops), {codec_name}": through_broker(
+            paths: dict[str, Callable[[], tuple[list[float], float]]] = {
+                "broker, raw": lambda: through_broker(frontend, args.events, args.window),
+                f"broker, {codec_name}": lambda: through_broker(frontend, args.events, args.window,
+                                                                codec=DEFAULT_CODEC),
+                f"broker with CURVE (both hops), {codec_name}": lambda: through_broker(
                     secure.frontend, args.events, args.window, client, codec=DEFAULT_CODEC),
-                "direct DEALER <-> ROUTER": direct(router, args.events, args.window),
-                "pickle over REQ/REP": pickled(rep, args.events),
+                "direct DEALER <-> ROUTER": lambda: direct(router, args.events, args.window),
+                "pickle over REQ/REP": lambda: pickled(rep, args.events),
             }
+            latencies: dict[str, list[float]] = {name: [] for name in paths}
+            rates: dict[str, list[float]] = {name: [] for name in paths}
+            names = list(paths)
+            for round_number in range(args.rounds):  # interleaved, each round in a rotated order
+                for name in names[round_number % len(names):] + names[:round_number % len(names)]:
+                    times, rate = paths[name]()
+                    latencies[name] += times
+                    rates[name].append(rate)
     finally:
         stop(baselines)
         shutil.rmtree(root, ignore_errors=True)
@@ -165,23 +178,29 @@ def main() -> None:
     print(f"event: 3 x 512x512 float32, 3 % nonzero = {EVENT_BYTES / 1e6:.1f} MB raw, {encoded / 1e6:.2f} MB "
           f"{codec_name}; {args.events} events per path; throughput with {args.window} in flight; "
           f"{os.cpu_count()} cores; MB/s counts raw bytes")
-    print(f"{'path':42s} {'median rtt ms':>14s} {'p90 ms':>8s} {'events/s':>9s} {'MB/s':>8s}")
-    for name, (latencies, rate) in results.items():
-        print(f"{name:42s} {statistics.median(latencies) * 1e3:14.2f} "
-              f"{np.percentile(latencies, 90) * 1e3:8.2f} {rate:9.1f} {rate * EVENT_BYTES / 1e6:8.0f}")
-    raw, coded, curve, direct_, pickle_ = (results[k] for k in results)
+    print(f"{'path':42s} {'median rtt ms':>14s} {'p90 ms':>8s} {'events/s':>9s} {'MB/s':>8s}  (medians of "
+          f"{args.rounds} rounds)")
+    for name in names:
+        rate = statistics.median(rates[name])
+        print(f"{name:42s} {statistics.median(latencies[name]) * 1e3:14.2f} "
+              f"{np.percentile(latencies[name], 90) * 1e3:8.2f} {rate:9.1f} {rate * EVENT_BYTES / 1e6:8.0f}")
+    raw, coded, curve, direct_, pickle_ = names
 
-    def ratio(name: str, a: tuple[list[float], float], b: tuple[list[float], float]) -> None:
-        print(f"ratio {name:38s} latency {statistics.median(a[0]) / statistics.median(b[0]):.2f}x, "
-              f"throughput {a[1] / b[1]:.2f}x")
+    def ratio(a: str, b: str) -> float:
+        """The median over rounds of a round's throughput ratio: both paths met the same load in that round."""
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
 
-    ratio(f"CURVE/clear ({codec_name})", curve, coded)
-    ratio("broker raw/direct raw", raw, direct_)
-    ratio(f"broker {codec_name}/broker raw", coded, raw)
-    ratio(f"broker {codec_name}/pickle", coded, pickle_)
-    print(f"throughput ratio, broker with the default codec vs pickle over REQ/REP: {coded[1] / pickle_[1]:.2f}x")
-    print(f"throughput ratio, broker with the default codec vs direct raw: {coded[1] / direct_[1]:.2f}x")
+    def show(name: str, a: str, b: str) -> None:
+        print(f"ratio {name:38s} latency {statistics.median(latencies[a]) / statistics.median(latencies[b]):.2f}x, "
+              f"throughput {ratio(a, b):.2f}x (rounds {min(x / y for x, y in zip(rates[a], rates[b])):.2f}"
+              f"-{max(x / y for x, y in zip(rates[a], rates[b])):.2f}x)")
 
+    show(f"CURVE/clear ({codec_name})", curve, coded)
+    show("broker raw/direct raw", raw, direct_)
+    show(f"broker {codec_name}/broker raw", coded, raw)
+    show(f"broker {codec_name}/pickle", coded, pickle_)
+    print(f"throughput ratio, broker with the default codec vs pickle over REQ/REP: {ratio(coded, pickle_):.2f}x")
+    print(f"throughput ratio, broker with the default codec vs direct raw: {ratio(coded, direct_):.2f}x")
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
