@@ -275,6 +275,13 @@ def test_threads_are_set_and_reported(name: str) -> None:
     assert "1 threads" in engine.describe()
 
 
+@engines
+def test_default_threads_are_described_in_words(name: str, tiny_engines: Dict[str, Engine]) -> None:
+    engine = tiny_engines[name]
+    expected = f", {engine.threads} threads" if engine.threads else f", {name}'s default threads"
+    assert expected in engine.describe() and "?" not in engine.describe()
+
+
 @pytest.mark.skipif("opencv" not in AVAILABLE, reason="engine opencv not importable")
 def test_opencv_refuses_a_gpu() -> None:
     with pytest.raises(ConfigError, match="CPU only"):

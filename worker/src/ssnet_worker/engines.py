@@ -126,7 +126,9 @@ class Engine(ABC):
         """Run the net on checked N x C x H x W float32 C-contiguous images (N == 1 unless ``per_image``)."""
 
     def describe(self) -> str:
-        threads = "" if self.device != "cpu" else f", {self.threads or '?'} threads"
+        threads = ""
+        if self.device == "cpu":
+            threads = f", {self.threads} threads" if self.threads else f", {self.name}'s default threads"
         return f"{self.name} on {self.device}, {self.precision}{threads}, output {self.output!r}"
 
     @property
