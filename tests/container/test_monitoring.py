@@ -78,6 +78,7 @@ def test_dashboards_are_provisioned_from_the_files_compose_mounts(engine: None) 
                    "queue_wait_seconds_bucket", "requests_total", "request_duration_seconds_bucket",
                    "ssnet_worker_errors_total", "requeues_total", "bytes_total", "ssnet_worker_inference_seconds",
                    "histogram_quantile(0.95", "ssnet_client_events_done_total", "ssnet_client_job_events",
+                   "ssnet_client_events_skipped_total",
                    "ssnet_client_events_per_second", "ssnet_worker_gpu_utilization_ratio",
                    "ssnet_worker_gpu_memory_used_bytes"):
         assert wanted in text, f"the dashboard shows no {wanted}"

@@ -510,6 +510,7 @@ def test_skipped_poison_event_is_listed_and_the_rest_written(stack: Stack, sampl
     assert [(e["run"], e["subrun"], e["event"], e["entry"]) for e in failed["skipped"]] == [(*poison, 2)]
     assert "worker_lost" in failed["skipped"][0]["error"]
     assert f"1 skipped: {poison[0]}/{poison[1]}/{poison[2]}" in text
+    assert f"{len(entries)}/{len(entries)} events" in text  # skipped events count as behind the job: ETA 0
 
 
 # ----------------------------------------------------------------------------------------------- signals

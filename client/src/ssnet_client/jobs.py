@@ -141,6 +141,11 @@ class JobStats:
         return wait
 
     @property
+    def finished(self) -> int:
+        """Events the job is through with: written, found in checkpoint chunks, or skipped (what progress counts)."""
+        return self.done + self.resumed + len(self.skipped)
+
+    @property
     def elapsed(self) -> float:
         return 0.0 if self.started is None or self.last is None else self.last - self.started
 

@@ -237,6 +237,8 @@ class SimpleLArCV1Client:
                 failed = next((reply for reply in replies if isinstance(reply, RequestError)), None)
                 if failed is not None:
                     self._failed(batch, failed, summary)
+                    if self.progress is not None:  # skipped events are behind the job too: the ETA reaches 0
+                        self.progress(summary.finished, total, time.monotonic() - (summary.started or 0.0))
                     continue
                 decoded = [self._decode(batch, reply) for reply in replies if isinstance(reply, Reply)]
                 sources = _sources(decoded)
@@ -244,7 +246,7 @@ class SimpleLArCV1Client:
                     writer.write(entry, products, sources)
                     summary.handed(1)
                     if self.progress is not None:
-                        self.progress(summary.done + summary.resumed, total, summary.elapsed)
+                        self.progress(summary.finished, total, summary.elapsed)
             if self._stopping.is_set() and not self.config.checkpoint:
                 raise JobInterrupted(self.stop_signal or signal.SIGTERM, "no checkpoint was asked for "
                                      "(--checkpoint N): nothing is kept, the job starts over", resumable=False)

@@ -1,8 +1,9 @@
 """Prometheus metrics of a LArCV1 job's progress (``ssnet_client_*``), read from the job at scrape time.
 
 ``ssnet_client_events_done_total``    events of the job done: written, or found in checkpoint chunks (``--resume``)
+``ssnet_client_events_skipped_total`` events left out after failing for good (``--on-error skip``)
 ``ssnet_client_job_events``           events in the job's entry range
-``ssnet_client_events_per_second``    events written per second over the last :data:`RATE_WINDOW` seconds
+``ssnet_client_events_per_second``    events done or skipped per second over the last :data:`RATE_WINDOW` seconds
 
 The rate is the one the progress display shows (:class:`~ssnet_client.progress.ProgressState`, events over the
 last :data:`~ssnet_client.progress.RATE_WINDOW` seconds), fed here at each scrape from the job's start and the
@@ -46,14 +47,16 @@ class JobProgressCollector:
         stats = self.stats()
         written = 0 if stats is None else stats.done
         resumed = 0 if stats is None else stats.resumed
-        done, total, rate = self._families()
+        skipped = 0 if stats is None else len(stats.skipped)
+        done, skips, total, rate = self._families()
         done.add_metric([], written + resumed, created=self.created)
+        skips.add_metric([], skipped, created=self.created)
         total.add_metric([], self.total)
-        rate.add_metric([], 0.0 if stats is None else self.rate(written + resumed, resumed, stats.started))
-        yield from (done, total, rate)
+        rate.add_metric([], 0.0 if stats is None else self.rate(written + resumed + skipped, resumed, stats.started))
+        yield from (done, skips, total, rate)
 
     def rate(self, done: int, resumed: int, started: Optional[float]) -> float:
-        """Events written per second over the window; ``resumed`` of the ``done`` were there at the start."""
+        """Events finished per second over the window; ``resumed`` of the ``done`` were there at the start."""
         now = self.clock()
         with self._lock:
             if self._state.started is None:
@@ -61,13 +64,15 @@ class JobProgressCollector:
             self._state.update(done, self.total, now)
             return self._state.rate(now)
 
-    def _families(self) -> tuple[CounterMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             CounterMetricFamily("ssnet_client_events_done",
                                 "Events of the job done: written, or found in checkpoint chunks (resume)"),
+            CounterMetricFamily("ssnet_client_events_skipped",
+                                "Events left out after failing for good (--on-error skip)"),
             GaugeMetricFamily("ssnet_client_job_events", "Events in the job's entry range"),
             GaugeMetricFamily("ssnet_client_events_per_second",
-                              f"Events written per second over the last {self.window:g} s"),
+                              f"Events done or skipped per second over the last {self.window:g} s"),
         )
 
 
